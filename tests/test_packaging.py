@@ -1,0 +1,35 @@
+"""A non-editable install puts only `byzbn` into site-packages (kernels/attacks/defenses nest inside it)."""
+import importlib.metadata as md
+import json
+
+import pytest
+
+
+def _installed_distribution():
+    try:
+        dist = md.distribution("byzbn")
+    except md.PackageNotFoundError:
+        pytest.skip("byzbn is not installed (tests run from the source tree only)")
+    direct_url = dist.read_text("direct_url.json")
+    if direct_url and json.loads(direct_url).get("dir_info", {}).get("editable"):
+        pytest.skip("byzbn is installed in editable mode; .ci/run checks the non-editable install")
+    return dist
+
+
+def test_non_editable_install_adds_only_byzbn_to_site_packages():
+    dist = _installed_distribution()
+    top_level = {p.parts[0] for p in dist.files if p.parts[0] != ".." and not p.parts[0].endswith(".dist-info")}
+    top_level.discard("__pycache__")
+    assert top_level == {"byzbn"}
+    installed = {str(p) for p in dist.files}
+    for sub in ("kernels", "attacks", "defenses"):
+        assert f"byzbn/{sub}/__init__.py" in installed
+
+
+def test_subpackages_import_under_byzbn():
+    import byzbn.attacks
+    import byzbn.defenses
+    import byzbn.kernels
+
+    assert byzbn.kernels.__name__ == "byzbn.kernels"
+    assert callable(byzbn.attacks.make_attack) and callable(byzbn.defenses.make_defense)
