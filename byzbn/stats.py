@@ -25,6 +25,13 @@ class ClientStats:
     count: torch.Tensor
 
     def __post_init__(self):
+        for name in ("mean", "var", "count"):
+            if not isinstance(getattr(self, name), torch.Tensor):
+                raise ValueError(f"{name} must be a torch.Tensor, got {type(getattr(self, name)).__name__}")
+        if not self.mean.is_floating_point() or self.var.dtype != self.mean.dtype:
+            raise ValueError(f"mean and var must share a floating dtype; got mean {self.mean.dtype}, var {self.var.dtype}")
+        if self.count.is_floating_point() or self.count.is_complex() or self.count.dtype == torch.bool:
+            raise ValueError(f"count must have an integer dtype, got {self.count.dtype}")
         if self.mean.dim() != 2 or self.var.shape != self.mean.shape:
             raise ValueError(
                 f"mean and var must both have shape [n, C]; got mean {tuple(self.mean.shape)}, var {tuple(self.var.shape)}")
@@ -130,6 +137,9 @@ def update_running(running_mean: torch.Tensor, running_var: torch.Tensor, g: Glo
     """running ← (1 − m)·running + m·stat, as F.batch_norm does (running_var tracks the unbiased var)."""
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    if running_mean.shape != g.mean.shape or running_var.shape != g.var_unbiased.shape:
+        raise ValueError(f"running_mean and running_var must have the statistics' shape {tuple(g.mean.shape)}, "
+                         f"got {tuple(running_mean.shape)} and {tuple(running_var.shape)}")
     new_mean = (1 - momentum) * running_mean + momentum * g.mean.to(running_mean.dtype)
     new_var = (1 - momentum) * running_var + momentum * g.var_unbiased.to(running_var.dtype)
     return new_mean, new_var
