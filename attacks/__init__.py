@@ -8,8 +8,8 @@ from byzbn.attacks.registry import ATTACKS, Attack, attack_parameters, make_atta
 from byzbn.attacks.rules import (FOE_EPS, ALittleIsEnough, FallOfEmpires, GaussianNoise, InfFault, NaNFault,
                                  SignFlip, alie_z)
 from byzbn.attacks.optimal import OptimalALIE, OptimalFOE, OptimalScaleAttack
-from byzbn.attacks.stats_submission import FIELDS, attack_stats, byzantine_rows
+from byzbn.attacks.stats_submission import FIELDS, NOOPS, attack_stats, byzantine_rows
 
 __all__ = ["ATTACKS", "Attack", "attack_parameters", "make_attack", "register", "FOE_EPS", "alie_z",
            "SignFlip", "FallOfEmpires", "ALittleIsEnough", "GaussianNoise", "NaNFault", "InfFault",
-           "OptimalScaleAttack", "OptimalFOE", "OptimalALIE", "FIELDS", "attack_stats", "byzantine_rows"]
+           "OptimalScaleAttack", "OptimalFOE", "OptimalALIE", "FIELDS", "NOOPS", "attack_stats", "byzantine_rows"]

@@ -77,11 +77,16 @@ class StatsChannel:
     fields: str
     aggregator: Callable[[torch.Tensor], torch.Tensor]
 
-    def submit(self, honest: bnstats.ClientStats) -> bnstats.ClientStats:
-        """The n-row submission: the h honest rows, then the f Byzantine rows."""
+    def submit(self, honest: bnstats.ClientStats, noop: str = "union") -> bnstats.ClientStats:
+        """The n-row submission: the h honest rows, then the f Byzantine rows.
+
+        noop: what a Byzantine client sends on a field it leaves alone ("union" for batch statistics
+        that the server merges, "mean" for running statistics that it averages; see attack_stats).
+        """
         from byzbn.attacks import attack_stats
 
-        return attack_stats(honest, self.attack, self.n, self.f, fields=self.fields, defense=self.aggregator)
+        return attack_stats(honest, self.attack, self.n, self.f, fields=self.fields, defense=self.aggregator,
+                            noop=noop)
 
 
 def _flat(layers: list[FederatedBatchNorm], name: str) -> torch.Tensor:
@@ -181,7 +186,7 @@ class Naive(Scheme):
         batch_var = torch.cat([_unbiased(s.var, layer.last_count) for layer, s in zip(layers, honest)], dim=1)
         running_mean = (1 - momentum) * _flat(layers, "running_mean") + momentum * batch_mean
         running_var = (1 - momentum) * _flat(layers, "running_var") + momentum * batch_var
-        rows = channel.submit(bnstats.ClientStats(running_mean, running_var, honest[0].count))
+        rows = channel.submit(bnstats.ClientStats(running_mean, running_var, honest[0].count), noop="mean")
         mean, var = channel.aggregator(rows.mean), channel.aggregator(rows.var)
         negative = var < 0
         _write_running(layers, mean, torch.where(negative, torch.zeros_like(var), var))

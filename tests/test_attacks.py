@@ -10,7 +10,7 @@ from byzbn.attacks import (ATTACKS, FIELDS, Attack, alie_z, attack_parameters, a
                            make_attack, register)
 from byzbn.attacks.optimal import bracketed_line_search
 from byzbn.defenses import functional
-from byzbn.stats import ClientStats
+from byzbn.stats import ClientStats, merge_stats, robust_merge_stats
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.float64]
@@ -411,7 +411,7 @@ def stats3():
 
 
 @pytest.mark.parametrize("fields, mean_row, var_row", [
-    ("mean", [-3.0, -4.0], [2.0, 5.0]),
+    ("mean", [-3.0, -4.0], [14.0 / 3.0, 23.0 / 3.0]),  # no-op var: mean_i v_i + (μ_i − μ̄)²
     ("var", [3.0, 4.0], [-2.0, -5.0]),
     ("both", [-3.0, -4.0], [-2.0, -5.0]),
 ])
@@ -421,7 +421,7 @@ def test_attack_stats_fields(fields, mean_row, var_row):
     assert out.n == 5
     assert torch.equal(out.mean, torch.tensor(H3 + [mean_row] * 2, dtype=torch.float64))
     assert torch.equal(out.var[:3], honest.var)
-    assert torch.equal(out.var[3:], torch.tensor([var_row] * 2, dtype=torch.float64))
+    torch.testing.assert_close(out.var[3:], torch.tensor([var_row] * 2, dtype=torch.float64))
     assert torch.equal(out.count, torch.tensor([10, 30, 20, 20, 20]))
 
 
@@ -431,10 +431,25 @@ def test_attack_stats_attacks_each_field_from_its_own_rows():
     assert torch.equal(out.mean[3:], torch.tensor([[3.0, 4.0]] * 2, dtype=torch.float64))
 
 
-def test_attack_stats_without_attack_submits_the_honest_means():
+def test_attack_stats_without_attack_submits_the_honest_union_or_the_row_mean():
     out = attack_stats(stats3(), None, 5, 2)
     assert torch.equal(out.mean[3:], torch.tensor([[3.0, 4.0]] * 2, dtype=torch.float64))
-    assert torch.equal(out.var[3:], torch.tensor([[2.0, 5.0]] * 2, dtype=torch.float64))
+    # (μ − μ̄)² = [[4, 4], [0, 4], [4, 0]]; v + that = [[5, 8], [2, 6], [7, 9]] -> mean [14/3, 23/3]
+    torch.testing.assert_close(out.var[3:], torch.tensor([[14.0 / 3.0, 23.0 / 3.0]] * 2, dtype=torch.float64))
+    rowwise = attack_stats(stats3(), None, 5, 2, noop="mean")
+    assert torch.equal(rowwise.var[3:], torch.tensor([[2.0, 5.0]] * 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"noop must be one of \['union', 'mean'\]"):
+        attack_stats(stats3(), None, 5, 2, noop="median")
+
+
+@given(honest_matrices, st.integers(0, 4))
+def test_union_noop_leaves_the_mean_merge_of_the_honest_clients_unchanged(rows, f):
+    mean = torch.tensor(rows, dtype=torch.float64)
+    honest = ClientStats(mean=mean, var=mean.abs() + 1.0, count=torch.full((mean.shape[0],), 7))
+    merged_honest = merge_stats(honest)
+    merged_all = robust_merge_stats(attack_stats(honest, None, mean.shape[0] + f, f), functional.mean)
+    torch.testing.assert_close(merged_all.mean, merged_honest.mean)
+    torch.testing.assert_close(merged_all.var, merged_honest.var)
 
 
 def test_attack_stats_even_count_median_is_the_lower_middle():
@@ -494,7 +509,7 @@ def test_attack_stats_layout(rows, f, fields, name):
     honest = ClientStats(mean=mean, var=mean.abs(), count=torch.arange(1, mean.shape[0] + 1))
     n = mean.shape[0] + f
     attack = None if name is None else make_attack(name, **({"z": 0.5} if name == "alie" else {}))
-    out = attack_stats(honest, attack, n, f, fields=fields)
+    out = attack_stats(honest, attack, n, f, fields=fields, noop="mean")
     assert torch.equal(out.mean[: n - f], honest.mean) and torch.equal(out.var[: n - f], honest.var)
     mean_attack = attack if fields in ("mean", "both") else None
     var_attack = attack if fields in ("var", "both") else None
