@@ -1,15 +1,20 @@
 """A non-editable install puts only `byzbn` into site-packages (kernels/attacks/defenses nest inside it)."""
 import importlib.metadata as md
 import json
+from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def _installed_distribution():
-    try:
-        dist = md.distribution("byzbn")
-    except md.PackageNotFoundError:
+    # An in-tree build leaves byzbn.egg-info in the checkout, which is on sys.path during the tests:
+    # look only at distributions installed elsewhere (site-packages).
+    installed = [d for d in md.distributions(name="byzbn") if Path(d.locate_file("")).resolve() != REPO]
+    if not installed:
         pytest.skip("byzbn is not installed (tests run from the source tree only)")
+    dist = installed[0]
     direct_url = dist.read_text("direct_url.json")
     if direct_url and json.loads(direct_url).get("dir_info", {}).get("editable"):
         pytest.skip("byzbn is installed in editable mode; .ci/run checks the non-editable install")
