@@ -1,14 +1,18 @@
 """python -m byzbn.attack_eval: BN schemes under Byzantine attack, with and without a robust defense.
 
-For every scheme in --schemes the runner trains the FBN paper's CNN with Robust-DSGD on n clients, f of
-them Byzantine (byzbn.federation), in three scenarios that share the data partition and the seed:
+For every scheme in --schemes the runner trains the FBN paper's CNN with Robust-DSGD (or FedAvg with
+--algorithm fedavg) on n clients, f of them Byzantine (byzbn.federation, byzbn.fedavg), in three
+scenarios that share the data partition and the seed:
 
     no-attack        the Byzantine clients submit the no-op honest mean; the server averages
     attack           the attack (--attack) on the --target channel(s); the server averages
     attack+defense   the same attack; the server aggregates the attacked channel(s) with --defense
 
 (--attack none runs no-attack only; the centralized reference has no Byzantine clients and runs
-no-attack only.) It prints final and best test accuracy per scheme × scenario and writes to --out:
+no-attack only, and so does groupnorm under --target stats: it exchanges no statistics.) Schemes:
+
+{schemes}
+It prints finalIt prints final and best test accuracy per scheme × scenario and writes to --out:
 config.json, metrics.jsonl, summary.json, summary.csv, curves.png and checkpoints/.
 
 Every bad argument prints one line to stderr and exits with status 2 before anything is written.
@@ -30,8 +34,12 @@ from typing import Optional
 import torch
 
 from byzbn import results
-from byzbn.federation import SCENARIOS, TARGETS, Federation, make_scenario
+from byzbn.federation import SCENARIOS, TARGETS, Federation
+from byzbn.run_config import (ADDED_DEFAULTS, ALGORITHMS, DEFAULT_FEDAVG_LOCAL_STEPS, SCHEME_SUMMARY, build_federation,
+                              check_statistics_target, dry_build, resolve_local_steps, runs_attacked, scheme_params,
+                              scheme_steps)
 from byzbn.schemes import SCHEMES, make_scheme
+from byzbn.schemes_extra import DEFAULT_GROUPS
 
 PROG = "python -m byzbn.attack_eval"
 # Arguments that do not change what a run computes: --resume may change them.
@@ -68,22 +76,41 @@ def _registries():
 
 def build_parser() -> OneLineParser:
     attacks, defenses = _registries()
-    p = OneLineParser(prog=PROG, description=__doc__.split("\n", 1)[1].strip(), formatter_class=_HelpFormatter)
+    description = __doc__.split("\n", 1)[1].strip().replace("{schemes}", SCHEME_SUMMARY)
+    p = OneLineParser(prog=PROG, description=description, formatter_class=_HelpFormatter)
     fed = p.add_argument_group("federation")
     fed.add_argument("--schemes", default="naive,fbn",
-                     help=f"comma-separated BN schemes to compare, from {sorted(SCHEMES)}")
+                     help=f"comma-separated normalization schemes to compare, from {sorted(SCHEMES)} "
+                          "(described above)")
     fed.add_argument("--clients", type=int, default=10, help="n: clients in total, Byzantine included")
     fed.add_argument("--byzantine", type=int, default=2,
                      help="f: Byzantine clients (f < n/2); the n - f honest clients hold the training data")
     fed.add_argument("--fixbn-freeze", type=float, default=0.5,
-                     help="fixbn's T* as a fraction of --steps: naive BN before, frozen global statistics after")
+                     help="fixbn's T* as a fraction of --steps (of the rounds under fedavg): naive BN before, "
+                          "frozen global statistics after")
+    fed.add_argument("--groups", type=int, default=DEFAULT_GROUPS,
+                     help="groupnorm's groups per layer; must divide every layer's channel count at --width "
+                          "(default 2, as Hsieh et al. 2020, 'The Non-IID Data Quagmire', whose GroupNorm "
+                          "baseline FixBN's paper also uses)")
+    fed.add_argument("--algorithm", default="dsgd", choices=list(ALGORITHMS),
+                     help="dsgd: Robust-DSGD, one communication per step; fedavg: FedAvg, clients take "
+                          "--local-steps steps on their own model copy between communications and the server "
+                          "aggregates their model updates")
+    fed.add_argument("--local-steps", type=int, default=None, metavar="E",
+                     help=f"local steps per round under fedavg (default {DEFAULT_FEDAVG_LOCAL_STEPS}; must divide "
+                          "--steps); dsgd is 1. fixbn's T* counts rounds; fedtan synchronizes the first local "
+                          "step of each round")
+    fed.add_argument("--reset-client-momentum", action="store_true",
+                     help="fedavg: zero every client's momentum at the start of each round (default: kept "
+                          "across rounds, FixBN's finding)")
     att = p.add_argument_group("attack and defense")
     att.add_argument("--attack", default="sign-flip", choices=attacks + ["none"],
                      help="what the Byzantine clients submit; 'none' runs only the no-attack scenario")
     att.add_argument("--attack-param", action="append", default=[], metavar="K=V",
                      help="attack parameter (repeatable), e.g. --attack-param z=1.5; V is a Python literal")
     att.add_argument("--target", default="stats", choices=sorted(TARGETS),
-                     help="channel(s) attacked: BN statistics, gradients (client momentums), or both")
+                     help="channel(s) attacked: BN statistics, gradients (client momentums; under fedavg the "
+                          "clients' model updates), or both")
     att.add_argument("--attack-fields", default="both", choices=["mean", "var", "both"],
                      help="which BN statistics the attack replaces (the FBN paper's sign-flip touches the means); "
                           "the other field gets the no-op honest mean")
@@ -101,17 +128,23 @@ def build_parser() -> OneLineParser:
                       help="partition of the training set among the honest clients: iid, gamma:G "
                            "(G-similarity, FBN paper), dirichlet:A, or extreme (gamma:0)")
     tr = p.add_argument_group("training")
-    tr.add_argument("--steps", type=int, default=300, help="DSGD steps per run")
+    tr.add_argument("--steps", type=int, default=300,
+                    help="training steps per run: DSGD steps, or under fedavg the local steps each client takes "
+                         "(rounds = steps / local-steps; batches are drawn as for DSGD step by step)")
     tr.add_argument("--batch-size", type=int, default=16, help="samples per honest client per step")
     tr.add_argument("--lr", type=float, default=0.05, help="server learning rate")
     tr.add_argument("--momentum", type=float, default=0.9, help="client momentum beta: m <- beta m + (1 - beta) g")
     tr.add_argument("--width", type=float, default=0.125, help="CNN width multiplier (1.0 = the paper's 64/128 channels)")
-    tr.add_argument("--eval-every", type=int, default=25, help="evaluate test accuracy every this many steps")
+    tr.add_argument("--eval-every", type=int, default=25,
+                    help="evaluate test accuracy every this many steps (fedavg: at the end of the round that "
+                         "reaches each multiple)")
     tr.add_argument("--seed", type=int, default=0, help="seed of the model, the partition and every batch")
     tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     out = p.add_argument_group("output")
     out.add_argument("--out", default=None, help="output directory (default: runs/<timestamp>)")
-    out.add_argument("--checkpoint-every", type=int, default=50, help="checkpoint each run every this many steps")
+    out.add_argument("--checkpoint-every", type=int, default=50,
+                     help="checkpoint each run every this many steps (fedavg: at the end of the round that "
+                          "reaches each multiple)")
     out.add_argument("--resume", action="store_true",
                      help="continue the runs in --out from their checkpoints, skipping finished ones")
     out.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines (the table still prints)")
@@ -135,11 +168,6 @@ class Plan:
     quiet: bool = False
     resume: bool = False
     finished: dict = field(default_factory=dict)
-
-
-def scheme_params(name: str, config: dict) -> dict:
-    """The keyword parameters scheme `name` takes from the command line (see byzbn.schemes.make_scheme)."""
-    return {"freeze": config["fixbn_freeze"]} if name == "fixbn" else {}
 
 
 def _parse_attack_params(items: list[str]) -> dict:
@@ -185,6 +213,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     _check(args.checkpoint_every >= 1, f"--checkpoint-every={args.checkpoint_every} is out of range: valid >= 1")
     _check(args.seed >= 0, f"--seed={args.seed} is out of range: valid >= 0")
     _check(not args.resume or args.out is not None, "--resume needs --out: the directory of the runs to continue")
+    _check(args.groups >= 1, f"--groups={args.groups} is out of range: valid >= 1")
+    local_steps = resolve_local_steps(args.algorithm, args.local_steps, args.reset_client_momentum, args.steps)
     if args.device == "cuda":
         _check(torch.cuda.is_available(), "--device cuda: no CUDA device is available")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
@@ -199,15 +229,17 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     defense = make_defense(args.defense, f, pre=None if pre == "none" else pre)
     defense.check_n(n)
     parse_partition(args.heterogeneity)
+    resolved = {**vars(args), "local_steps": local_steps}
     for s in schemes:
-        scheme = make_scheme(s, args.steps, **scheme_params(s, vars(args)))
-        if attack is not None and scheme.attackable and args.target == "stats" and not scheme.has_stats:
-            raise ArgumentError(f"scheme {s!r} exchanges no BN statistics: --target stats attacks nothing; use --target grads")
+        make_scheme(s, scheme_steps(s, resolved), **scheme_params(s, resolved))
+    check_statistics_target(schemes, attack is not None, args.target)
 
     try:
         dataset = load_dataset(args.dataset, data_root=args.data_root, download=args.download)
     except (OSError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as error:
         raise ArgumentError(f"--dataset {args.dataset}: cannot read it ({type(error).__name__}: {error})") from error
+    for s in schemes:  # e.g. --groups must divide every layer's channels at this --width
+        dry_build(s, resolved, dataset)
     h = n - f
     parts = partition(dataset.y_train, h, args.heterogeneity, args.seed)
     client_indices = torch.stack(parts)
@@ -216,9 +248,9 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
            f"{client_indices.shape[1]} samples")
 
     scenarios = list(SCENARIOS) if attack is not None else ["no-attack"]
-    runs = [(s, sc) for s in schemes for sc in scenarios if sc == "no-attack" or SCHEMES[s].attackable]
+    runs = [(s, sc) for s in schemes for sc in scenarios if sc == "no-attack" or runs_attacked(s, args.target)]
     config = {k: v for k, v in vars(args).items()}
-    config.update(pre=pre, schemes=schemes, attack_params=params, device=str(device), honest=h,
+    config.update(local_steps=local_steps, pre=pre, schemes=schemes, attack_params=params, device=str(device), honest=h,
                   samples_per_client=int(client_indices.shape[1]))
     config.pop("attack_param")
     out = Path(args.out) if args.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
@@ -231,7 +263,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         saved = out / "config.json"
         _check(saved.is_file(), f"--resume: {saved} does not exist (nothing to resume)")
         old = json.loads(saved.read_text())
-        diff = sorted(k for k in set(old) | set(config) if k not in NOT_COMPARED_ON_RESUME and old.get(k) != config.get(k))
+        diff = sorted(k for k in set(old) | set(config) if k not in NOT_COMPARED_ON_RESUME
+                      and old.get(k, ADDED_DEFAULTS.get(k)) != config.get(k))
         _check(not diff, f"--resume: arguments differ from {saved} in {diff}")
     else:
         _check(not out.exists() or (out.is_dir() and not any(out.iterdir())),
@@ -241,19 +274,13 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
 
 
 def _build(plan: Plan, scheme_name: str, scenario_name: str) -> Federation:
-    from byzbn.models import make_cnn
+    return build_federation(plan.config, scheme_name, scenario_name, plan.dataset, plan.client_indices, plan.device,
+                            plan.attack, plan.defense)
 
-    c = plan.config
-    scheme = make_scheme(scheme_name, c["steps"], **scheme_params(scheme_name, c))
-    scenario = make_scenario(scenario_name, c["clients"], c["byzantine"], plan.attack, plan.defense,
-                             target=c["target"], fields=c["attack_fields"])
-    torch.manual_seed(c["seed"])  # the same initial model for every scheme and scenario
-    model = make_cnn(plan.dataset.input_shape, plan.dataset.num_classes, c["width"], norm=scheme.make_norm)
-    model.to(plan.device)
-    ds = plan.dataset
-    return Federation(model, scheme, scenario, ds.x_train.to(plan.device), ds.y_train.to(plan.device),
-                      plan.client_indices, batch_size=c["batch_size"], lr=c["lr"], momentum=c["momentum"],
-                      seed=c["seed"])
+
+def _reached(before: int, after: int, every: int) -> bool:
+    """Whether going from step `before` to `after` (one DSGD step or one FedAvg round) passed a multiple of every."""
+    return after // every > before // every
 
 
 def run_one(plan: Plan, scheme_name: str, scenario_name: str, done_records: list[dict]) -> tuple[dict, list[dict]]:
@@ -292,19 +319,20 @@ def run_one(plan: Plan, scheme_name: str, scenario_name: str, done_records: list
     bar = tqdm(total=c["steps"], initial=fed.step_count, desc=f"{scheme_name} / {scenario_name}",
                disable=plan.quiet or not sys.stdout.isatty(), leave=False, dynamic_ncols=True)
     while fed.step_count < c["steps"]:
+        before = fed.step_count
         loss = fed.step()
         window.append(loss)
-        bar.update(1)
+        bar.update(fed.step_count - before)
         problem = (f"non-finite training loss ({loss}) at step {fed.step_count}" if not math.isfinite(loss)
                    else fed.non_finite())
         if problem is not None:
             status = f"diverged: {problem}" + ("" if "step" in problem else f" after step {fed.step_count}")
             evaluate()
             break
-        if fed.step_count % c["eval_every"] == 0 or fed.step_count == c["steps"]:
+        if _reached(before, fed.step_count, c["eval_every"]) or fed.step_count == c["steps"]:
             evaluate()
             bar.set_postfix(acc=f"{100 * records[-1]['test_acc']:.1f}%")
-        if fed.step_count % c["checkpoint_every"] == 0 and fed.step_count < c["steps"]:
+        if _reached(before, fed.step_count, c["checkpoint_every"]) and fed.step_count < c["steps"]:
             elapsed = wall + time.perf_counter() - start
             results.save_checkpoint(ckpt_path, {"finished": False, "federation": fed.state_dict(), "records": records,
                                                 "window": window, "wall_s": elapsed})

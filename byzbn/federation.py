@@ -13,7 +13,9 @@ The h = n − f honest clients hold the data (one equal-size partition each). Ev
    with the parameters stacked per client (convolutions become grouped convolutions) and one
    backward of the summed client losses gives every client's gradient; "loop" runs one
    forward/backward per client. "auto" picks vmap on CUDA and the loop on CPU, where the loop
-   measured faster (benchmarks/test_bench_dsgd.py). Otherwise the Byzantine rows are the no-op honest mean, the mean of the
+   measured faster (benchmarks/test_bench_dsgd.py); schemes that couple the clients' batches (FedTAN)
+   get them from one stacked forward/backward split by client (byzbn.client_grads, `split_pass`).
+   Otherwise the Byzantine rows are the no-op honest mean, the mean of the
    n rows is the mean honest momentum, and since momentum is linear that is the momentum of the mean
    gradient, which the single backward of the stacked batch gives (loss = mean over all h·B samples =
    mean of the client losses): no per-client gradients at all;
@@ -25,7 +27,10 @@ only, and the server averages it. This isolates the effect of the attacked chann
 
 `step(engine="loop")` is the reference: a Python loop over the clients, each a separate
 forward/backward on its own batch with plain-torch statistics. Tests check that it produces the same
-update as the batched engine.
+update as the batched engine. (A scheme that couples the clients has no per-client loop: its
+reference is the stacked pass with plain-torch statistics.)
+
+FedAvg (E local steps between communications) is byzbn.fedavg.FedAvgFederation, a subclass.
 """
 from __future__ import annotations
 
@@ -140,8 +145,9 @@ class Federation:
         if per_client_grads == "auto":
             per_client_grads = "vmap" if self.params[0].is_cuda else "loop"
         self.per_client_grads = per_client_grads
-        if self.per_client and scheme.couples_clients:
+        if self.per_client and scheme.couples_clients and not scheme.sync_layers:
             raise ValueError(f"scheme {scheme.name!r} couples the clients' batches: its gradients cannot be attacked per client")
+        scheme.bind(scenario.stats_channel(), self.layers)
         d = sum(p.numel() for p in self.params)
         self.momentum = (torch.zeros(h, d, device=self.params[0].device, dtype=self.params[0].dtype)
                          if self.per_client else [torch.zeros_like(p) for p in self.params])
@@ -200,13 +206,26 @@ class Federation:
         flat = torch.cat([g.reshape(self.h, -1) for g in grads], dim=1)
         return Pass(losses.detach().mean(), None, flat, self._stats_or_none(sink, self.h))
 
+    def split_pass(self, x: torch.Tensor, y: torch.Tensor, stats_backend: str = "kernel") -> Pass:
+        """Per-client gradients [h, d] of a coupled scheme: one stacked forward/backward split by client."""
+        from byzbn.client_grads import client_split_grads
+
+        sink: list = []
+        configure(self.layers, clients=self.h, stats_backend=stats_backend, sink=sink)
+        loss, flat = client_split_grads(self.model, self.params, lambda: F.cross_entropy(self.model(x), y), self.h)
+        return Pass(loss, None, flat, self._stats_or_none(sink, self.h))
+
     def loop_pass(self, x: torch.Tensor, y: torch.Tensor) -> Pass:
         """Reference: each client's own forward/backward (the union as one batch if the scheme couples them)."""
+        if self.scheme.couples_clients and self.per_client:
+            return self.split_pass(x, y, stats_backend="torch")
         chunks = 1 if self.scheme.couples_clients else self.h
+        # Layers synchronized by client (FedTAN) need the h clients' rows even in the one union chunk.
+        clients = self.h if self.scheme.sync_layers else 1
         losses, grads, sinks = [], [], []
         for xi, yi in zip(x.chunk(chunks), y.chunk(chunks)):
             sink: list = []
-            configure(self.layers, clients=1, stats_backend="torch", sink=sink)
+            configure(self.layers, clients=clients, stats_backend="torch", sink=sink)
             loss = F.cross_entropy(self.model(xi), yi)
             grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, self.params)]))
             losses.append(loss.detach())
@@ -214,7 +233,7 @@ class Federation:
         stats = None
         if sinks[0]:
             stats = self._collect([(torch.cat([s[k][0] for s in sinks]), torch.cat([s[k][1] for s in sinks]))
-                                   for k in range(len(self.layers))], chunks)
+                                   for k in range(len(self.layers))], chunks * clients)
         return Pass(torch.stack(losses).mean(), None, torch.stack(grads), stats)
 
     # ---------------------------------------------------------------- the step
@@ -229,6 +248,8 @@ class Federation:
         torch.manual_seed(step_seed(self.seed, t, _DROPOUT_STREAM))
         if engine == "loop":
             result = self.loop_pass(x, y)
+        elif self.per_client and self.scheme.couples_clients:
+            result = self.split_pass(x, y)
         elif self.per_client:
             result = self.vmap_pass(x, y) if self.per_client_grads == "vmap" else self.loop_pass(x, y)
         else:

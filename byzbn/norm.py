@@ -11,7 +11,13 @@ CUDA). What it normalizes with is the scheme's choice, set on the layer before e
 - ``"union"``: the exact statistics of the union of the h batches, i.e. the count-weighted merge of the
   per-client statistics (centralized reference), gradients flowing through the merge;
 - ``"global"``: the server's running statistics held in the layer's buffers, as constants (FBN, FixBN
-  after T*).
+  after T*);
+- ``"sync"``: FedTAN's layer-wise synchronization: the per-client statistics go through the layer's
+  `sync` callable (set by the scheme: the attacked submission and the server's robust merge of THIS
+  layer) and every client normalizes with the returned global batch statistics, gradients flowing
+  through the aggregate; the detached result is kept in `sync_stats` for the server's running update;
+- ``"hybrid"``: Hybrid BN's mix (1 − a)·running + a·batch per client, a = sigmoid(mix_logit), only in
+  `HybridBatchNorm`.
 
 When `record` is set, the layer appends the per-client (mean, biased var) [h, C] it computed, detached,
 to `sink` (the list the runner collects after the pass). In eval mode it is plain BN with the server's
@@ -31,7 +37,7 @@ from torch import nn
 
 from byzbn import stats as bnstats
 
-MODES = ("client", "union", "global")
+MODES = ("client", "union", "global", "sync", "hybrid")
 STATS_BACKENDS = ("kernel", "torch")
 
 
@@ -137,6 +143,10 @@ class FederatedBatchNorm(nn.Module):
         self.record = False
         self.stats_backend = "kernel"
         self.sink: list | None = None
+        self.sync = None            # mode "sync": ClientStats (h rows, with grad) -> GlobalStats, from the scheme
+        self.sync_stats = None      # mode "sync": the last pass's merged statistics, detached
+        self.keep_normalized = False
+        self.normalized = None      # x̂ [clients, B, C, *] of the last pass, detached, when keep_normalized
         self.last_count = 0  # elements per channel per client in the last training pass
 
     def extra_repr(self) -> str:
@@ -154,33 +164,82 @@ class FederatedBatchNorm(nn.Module):
             raise ValueError(f"the batch of {x.shape[0]} rows does not split into clients={self.clients} equal batches")
         xs = x.reshape(self.clients, x.shape[0] // self.clients, *x.shape[1:])
         self.last_count = xs.numel() // (self.clients * self.num_features)
+        # keep_normalized (client_split_grads needs x̂) routes every mode through the explicit path below.
         if self.mode == "global":
             if self.record:
                 with torch.no_grad():
                     self._record(*client_moments(xs.detach(), self.stats_backend))
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                training=False, momentum=0.0, eps=self.eps)
-        if self.mode == "client" and self.stats_backend == "kernel":
+            if not self.keep_normalized:
+                return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                    training=False, momentum=0.0, eps=self.eps)
+            mean, var = self.running_mean.unsqueeze(0), self.running_var.unsqueeze(0)
+        elif self.mode == "hybrid":
+            mean, var = self._hybrid_stats(xs)
+        elif self.mode == "client" and self.stats_backend == "kernel" and not self.keep_normalized:
             y, mean, var = KernelClientBatchNorm.apply(xs, self.weight, self.bias, self.eps)
             if self.record:
                 self._record(mean, var)
             return y.view_as(x)
-        mean, var = client_moments(xs, self.stats_backend)
-        if self.record:
-            self._record(mean.detach(), var.detach())
-        if self.mode == "union":
-            count = torch.full((self.clients,), self.last_count, dtype=torch.int64, device=x.device)
-            merged = bnstats.merge_stats(bnstats.ClientStats(mean=mean, var=var, count=count))
-            mean, var = merged.mean.unsqueeze(0), merged.var.unsqueeze(0)
+        else:
+            mean, var = client_moments(xs, self.stats_backend)
+            if self.record:
+                self._record(mean.detach(), var.detach())
+            if self.mode == "union":
+                count = torch.full((self.clients,), self.last_count, dtype=torch.int64, device=x.device)
+                merged = bnstats.merge_stats(bnstats.ClientStats(mean=mean, var=var, count=count))
+                mean, var = merged.mean.unsqueeze(0), merged.var.unsqueeze(0)
+            elif self.mode == "sync":
+                mean, var = self._synchronized(mean, var)
         shape = (mean.shape[0], 1, self.num_features) + (1,) * (x.dim() - 2)
-        scale = (self.weight * torch.rsqrt(var + self.eps)).view(shape)
         shift = self.bias.view((1, 1, self.num_features) + (1,) * (x.dim() - 2))
+        if self.keep_normalized:
+            normalized = (xs - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
+            self.normalized = normalized.detach()
+            return (normalized * self.weight.view(shift.shape) + shift).view_as(x)
+        scale = (self.weight * torch.rsqrt(var + self.eps)).view(shape)
         return ((xs - mean.view(shape)) * scale + shift).view_as(x)
+
+    def _synchronized(self, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """FedTAN: this layer's global batch statistics [1, C] from the clients' rows, differentiably."""
+        if self.sync is None:
+            raise ValueError("mode 'sync' needs the scheme's sync callable: configure(layers, sync=...)")
+        count = torch.full((self.clients,), self.last_count, dtype=torch.int64, device=mean.device)
+        merged = self.sync(bnstats.ClientStats(mean=mean, var=var, count=count))
+        self.sync_stats = bnstats.GlobalStats(merged.mean.detach(), merged.var.detach(),
+                                              merged.var_unbiased.detach(), merged.count, merged.clamped)
+        return merged.mean.unsqueeze(0), merged.var.unsqueeze(0)
+
+    def _hybrid_stats(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise ValueError("mode 'hybrid' needs a HybridBatchNorm (this layer has no mixing parameter)")
 
     def _record(self, mean: torch.Tensor, var: torch.Tensor) -> None:
         if self.sink is None:
             raise ValueError("record=True needs a sink list to append the statistics to")
         self.sink.append((mean, var))
+
+
+class HybridBatchNorm(FederatedBatchNorm):
+    """Hybrid BN (HBN): each client normalizes with (1 − a)·global + a·batch, for the mean and the variance.
+
+    a = sigmoid(mix_logit) per channel, mix_logit a learnable parameter initialised to 0 (a = 1/2);
+    "global" is the server's running statistics (buffers, constants in the forward: running_var is the
+    unbiased estimate, mixed as is with the client's biased batch variance), "batch" the client's own
+    statistics with gradients flowing through them. a → 1 is naive BN's normalization, a → 0 FBN's.
+    Evaluation uses the running statistics only, like every scheme. The other modes behave as in
+    FederatedBatchNorm (mix_logit then gets no gradient).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__(num_features, eps, momentum)
+        self.mix_logit = nn.Parameter(torch.zeros(num_features))
+        self.mode = "hybrid"
+
+    def _hybrid_stats(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, var = client_moments(xs, self.stats_backend)
+        if self.record:
+            self._record(mean.detach(), var.detach())
+        a = torch.sigmoid(self.mix_logit)
+        return (1 - a) * self.running_mean + a * mean, (1 - a) * self.running_var + a * var
 
 
 def federated_bn_layers(model: nn.Module) -> list[FederatedBatchNorm]:
@@ -189,8 +248,11 @@ def federated_bn_layers(model: nn.Module) -> list[FederatedBatchNorm]:
 
 
 def configure(layers: list[FederatedBatchNorm], *, mode: str | None = None, clients: int | None = None,
-              record: bool | None = None, stats_backend: str | None = None, sink: list | None = None) -> None:
+              record: bool | None = None, stats_backend: str | None = None, sink: list | None = None,
+              sync=None) -> None:
     """Set the given attributes on every layer (None leaves an attribute as it is)."""
+    if sync is not None and not callable(sync):
+        raise ValueError(f"sync must be a callable ClientStats -> GlobalStats, got {type(sync).__name__}")
     if mode is not None and mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
     if stats_backend is not None and stats_backend not in STATS_BACKENDS:
@@ -208,7 +270,9 @@ def configure(layers: list[FederatedBatchNorm], *, mode: str | None = None, clie
             layer.stats_backend = stats_backend
         if sink is not None:
             layer.sink = sink
+        if sync is not None:
+            layer.sync = sync
 
 
 __all__ = ["MODES", "STATS_BACKENDS", "KernelMoments", "KernelClientBatchNorm", "client_moments", "FederatedBatchNorm",
-           "federated_bn_layers", "configure"]
+           "HybridBatchNorm", "federated_bn_layers", "configure"]

@@ -1,13 +1,15 @@
 """BN schemes (DESIGN.md §4): what each layer normalizes with, what clients submit, what the server does.
 
-A scheme is a small object built per run: `make_scheme(name, steps, **params)`. The runner calls, every
-DSGD step t,
+A scheme is a small object built per run: `make_scheme(name, steps, **params)`. The runner first calls
+`scheme.bind(channel, layers)` (the run's statistics channel and BN layers), then, every DSGD step t,
 
     scheme.prepare(layers, t)                        # set each FederatedBatchNorm's mode / recording
     ... one forward/backward of the stacked client batches ...
     scheme.server_update(layers, honest, channel, t) # honest: per-layer ClientStats of the h clients
 
-and adds `scheme.exchanges(t)` to the run's communication count. `channel` (a StatsChannel) holds
+and adds `scheme.exchanges(t)` to the run's communication count (client-server round trips: one per DSGD
+step for the gradient exchange, statistics riding along; FedTAN adds 3 per BN layer; the centralized
+reference has no clients and counts 0). `channel` (a StatsChannel) holds
 the scenario's side of the statistics channel: it turns the honest rows into the n-row submission
 (Byzantine rows last, from the attack or the no-op) and carries the server's aggregator. The server
 state is the layers' running_mean/running_var buffers: what eval mode normalizes with.
@@ -15,6 +17,17 @@ state is the layers' running_mean/running_var buffers: what eval mode normalizes
 One submission row holds the statistics of ALL BN layers concatenated (concat_stats), so
 distance-based defenses (NNM) see a client's whole submission, like a gradient. Unbiased variances
 use each layer's own element count.
+
+Under FedAvg (byzbn.fedavg) a scheme is built with steps = communication rounds, so FixBN's T* counts
+rounds; the runner calls `prepare_local(layers, round, local_step)` before every local step and, at
+the end of the round, `server_round(layers, steps_stats, channel, round)` with the honest clients'
+recorded statistics of each local step (a list over local steps of per-layer ClientStats). With one
+local step, server_round is server_update. What each scheme makes of a round of E local steps:
+naive/fixbn submit the clients' local running statistics after E local updates from the broadcast;
+fbn/hbn submit each client's statistics of the round (the exact merge of its E batches) and the server
+updates its running statistics once with momentum 1 − (1 − m)^E (E updates' worth); fedtan
+synchronizes the first local step (in the forward) and updates from that step's merged statistics
+with the same momentum. The schemes other than the ones in this module live in byzbn.schemes_extra.
 """
 from __future__ import annotations
 
@@ -118,8 +131,17 @@ class Scheme:
     # per-client gradients are not separable, and the per-client loop reference is one union batch.
     couples_clients: ClassVar[bool] = False
 
+    # True when BN layers exchange statistics inside the forward (FedTAN): the scheme needs bind().
+    sync_layers: ClassVar[bool] = False
+
     def __init__(self, steps: int):
         self.steps = check_int("steps", steps, 1)
+        self.channel: Optional[StatsChannel] = None
+        self.num_bn_layers = 0
+
+    def bind(self, channel: StatsChannel, layers: list[FederatedBatchNorm]) -> None:
+        """Attach the run's statistics channel and BN layers (the runner calls this once, before training)."""
+        self.channel, self.num_bn_layers = channel, len(layers)
 
     def make_norm(self, num_features: int) -> nn.Module:
         """The normalization layer the model is built with (make_cnn's `norm`)."""
@@ -139,8 +161,21 @@ class Scheme:
         raise NotImplementedError
 
     def exchanges(self, step: int) -> int:
-        """Client-server round trips at this step (DSGD: one; statistics ride with the momentums)."""
+        """Client-server round trips at this step (DSGD: one; statistics ride with the momentums).
+
+        Under FedAvg `step` is a round: one exchange of model updates (and statistics) per round."""
         return 1
+
+    def prepare_local(self, layers: list[FederatedBatchNorm], round: int, local_step: int) -> None:
+        """FedAvg: set the layers for local step `local_step` of `round` (by default as DSGD's step `round`)."""
+        self.prepare(layers, round)
+
+    def server_round(self, layers: list[FederatedBatchNorm], steps_stats: list[list[bnstats.ClientStats]],
+                     channel: StatsChannel, round: int) -> int:
+        """FedAvg: update the server's statistics at the end of `round`; returns the clamp count."""
+        if len(steps_stats) == 1:
+            return self.server_update(layers, steps_stats[0], channel, round)
+        raise ValueError(f"scheme {self.name!r} defines no FedAvg round of {len(steps_stats)} local steps")
 
     def __repr__(self) -> str:
         return f"make_scheme({self.name!r}, steps={self.steps})"
@@ -152,6 +187,9 @@ class Centralized(Scheme):
 
     attackable = False
     couples_clients = True
+
+    def exchanges(self, step):
+        return 0  # one machine holds the union: nothing is communicated
 
     def prepare(self, layers, step):
         configure(layers, mode="union", record=True)
@@ -170,27 +208,62 @@ class Naive(Scheme):
     """Naive BN: clients normalize with their own batch statistics and submit their running statistics.
 
     A client's running statistics after the step are (1 − m)·r + m·(μ_i, unbiased v_i), r the server's
-    last broadcast (clients adopt the broadcast, so no per-client state is kept). The server aggregates
-    the submitted running means and running variances coordinate-wise (mean, or the defense, applied
-    to the means and to the variances separately) and broadcasts them. A negative aggregated variance
-    is clamped to 0 and counted.
+    last broadcast (clients adopt the broadcast, so no per-client state is kept); under FedAvg the
+    client folds in the E batches of the round, one update per local step. The server aggregates the
+    submitted running means and running variances coordinate-wise (mean, or the defense, applied to
+    the means and to the variances separately) and broadcasts them. A negative aggregated variance is
+    clamped to 0 and counted.
     """
 
     def prepare(self, layers, step):
         configure(layers, mode="client", record=True)
 
     def server_update(self, layers, honest, channel, step):
+        return self.server_round(layers, [honest], channel, step)
+
+    def server_round(self, layers, steps_stats, channel, round):
         momentum = torch.tensor([layer.momentum for layer in layers for _ in range(layer.num_features)],
                                 dtype=layers[0].running_mean.dtype, device=layers[0].running_mean.device)
-        batch_mean = torch.cat([s.mean for s in honest], dim=1)
-        batch_var = torch.cat([_unbiased(s.var, layer.last_count) for layer, s in zip(layers, honest)], dim=1)
-        running_mean = (1 - momentum) * _flat(layers, "running_mean") + momentum * batch_mean
-        running_var = (1 - momentum) * _flat(layers, "running_var") + momentum * batch_var
-        rows = channel.submit(bnstats.ClientStats(running_mean, running_var, honest[0].count), noop="mean")
+        running_mean, running_var = _flat(layers, "running_mean"), _flat(layers, "running_var")
+        for honest in steps_stats:
+            batch_mean = torch.cat([s.mean for s in honest], dim=1)
+            batch_var = torch.cat([_unbiased(s.var, int(s.count[0])) for s in honest], dim=1)
+            running_mean = (1 - momentum) * running_mean + momentum * batch_mean
+            running_var = (1 - momentum) * running_var + momentum * batch_var
+        rows = channel.submit(bnstats.ClientStats(running_mean, running_var, steps_stats[0][0].count), noop="mean")
         mean, var = channel.aggregator(rows.mean), channel.aggregator(rows.var)
         negative = var < 0
         _write_running(layers, mean, torch.where(negative, torch.zeros_like(var), var))
         return int(negative.sum())
+
+
+def merge_local_steps(steps: list[bnstats.ClientStats]) -> bnstats.ClientStats:
+    """Per client, the exact statistics of its batches over several local steps (one layer, h rows each)."""
+    if len(steps) == 1:
+        return steps[0]
+    means, variances = torch.stack([s.mean for s in steps]), torch.stack([s.var for s in steps])  # [E, h, C]
+    weights = torch.stack([s.count for s in steps]).to(means.dtype)[:, :, None]
+    total = weights.sum(dim=0)
+    mean = (weights * means).sum(dim=0) / total
+    var = (weights * (variances + (means - mean) ** 2)).sum(dim=0) / total
+    return bnstats.ClientStats(mean, var, sum(s.count for s in steps))
+
+
+def update_running_merged(layers: list[FederatedBatchNorm], merged: bnstats.GlobalStats, n: int,
+                          counts: list[int], updates: int = 1) -> None:
+    """The server's running statistics from a merge of the concatenated layers, `updates` steps' worth.
+
+    counts: each layer's elements per channel per client (N = n·count for the unbiased variance).
+    """
+    parts = bnstats.split_stats(merged, [layer.num_features for layer in layers])
+    for layer, part, count in zip(layers, parts, counts):
+        # split_stats keeps the first layer's N: redo N/(N−1) with this layer's own count.
+        total = n * count
+        part = bnstats.GlobalStats(part.mean, part.var, _unbiased(part.var, total), total)
+        momentum = 1 - (1 - layer.momentum) ** updates
+        new_mean, new_var = bnstats.update_running(layer.running_mean, layer.running_var, part, momentum)
+        layer.running_mean.copy_(new_mean)
+        layer.running_var.copy_(new_var)
 
 
 @register_scheme("fbn")
@@ -199,23 +272,21 @@ class FederatedBN(Scheme):
 
     The server robust-merges the n submissions (byzbn.stats.robust_merge_stats with the channel's
     aggregator: the mean reduces it to the exact union statistics) and updates the shared running
-    statistics with each layer's momentum.
+    statistics with each layer's momentum. Under FedAvg a client submits the merge of its E batches
+    of the round, and the server's single update per round uses momentum 1 − (1 − m)^E.
     """
 
     def prepare(self, layers, step):
         configure(layers, mode="global", record=True)
 
     def server_update(self, layers, honest, channel, step):
-        rows = channel.submit(bnstats.concat_stats(honest))
+        return self.server_round(layers, [honest], channel, step)
+
+    def server_round(self, layers, steps_stats, channel, round):
+        per_layer = [merge_local_steps([step[k] for step in steps_stats]) for k in range(len(layers))]
+        rows = channel.submit(bnstats.concat_stats(per_layer))
         merged = bnstats.robust_merge_stats(rows, channel.aggregator)
-        parts = bnstats.split_stats(merged, [layer.num_features for layer in layers])
-        for layer, part in zip(layers, parts):
-            # split_stats keeps the first layer's N: redo N/(N−1) with this layer's own count.
-            total = channel.n * layer.last_count
-            part = bnstats.GlobalStats(part.mean, part.var, _unbiased(part.var, total), total)
-            new_mean, new_var = bnstats.update_running(layer.running_mean, layer.running_var, part, layer.momentum)
-            layer.running_mean.copy_(new_mean)
-            layer.running_var.copy_(new_var)
+        update_running_merged(layers, merged, channel.n, [int(s.count[0]) for s in per_layer], len(steps_stats))
         return merged.clamped
 
 
@@ -224,7 +295,8 @@ class FixBN(Scheme):
     """FixBN: naive BN for the first T* = round(freeze · steps) steps, then the frozen global statistics.
 
     After T* the layers normalize with the server's running statistics as constants, clients submit
-    no statistics (nothing to attack there) and the server's statistics stay fixed.
+    no statistics (nothing to attack there) and the server's statistics stay fixed. Under FedAvg steps
+    are rounds: T* is a round, and every local step of a round is in the same phase.
     """
 
     def __init__(self, steps: int, freeze: float = 0.5):
@@ -245,13 +317,20 @@ class FixBN(Scheme):
             configure(layers, mode="global", record=False)
 
     def server_update(self, layers, honest, channel, step):
-        if not self.submits_stats(step):
+        return self.server_round(layers, [honest], channel, step)
+
+    def server_round(self, layers, steps_stats, channel, round):
+        if not self.submits_stats(round):
             return 0
-        return self._naive.server_update(layers, honest, channel, step)
+        return self._naive.server_round(layers, steps_stats, channel, round)
 
     def __repr__(self) -> str:
         return f"make_scheme('fixbn', steps={self.steps}, freeze={self.freeze})"
 
 
 __all__ = ["SCHEMES", "register_scheme", "scheme_parameters", "make_scheme", "StatsChannel", "Scheme",
-           "Centralized", "Naive", "FederatedBN", "FixBN"]
+           "merge_local_steps", "update_running_merged", "Centralized", "Naive", "FederatedBN", "FixBN"]
+
+# FedTAN, Hybrid BN and GroupNorm register themselves in SCHEMES on import; imported last because they
+# build on the names above.
+from byzbn import schemes_extra  # noqa: E402,F401

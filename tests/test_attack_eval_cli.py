@@ -86,6 +86,16 @@ BAD_ARGUMENTS = [
     (["--batch-size", "1000"], "--batch-size=1000 is out of range"),
     (["--fixbn-freeze", "2", "--schemes", "fixbn"], "freeze must be a fraction"),
     (["--eval-every", "0"], "--eval-every=0 is out of range"),
+    (["--schemes", "groupnorm", "--target", "stats"],
+     "--target stats: scheme(s) ['groupnorm'] exchange no BN statistics"),
+    (["--schemes", "groupnorm", "--target", "grads", "--groups", "3"],
+     "groups=3 does not divide a normalization layer's 8 channels"),
+    (["--schemes", "groupnorm", "--target", "grads", "--groups", "0"], "--groups=0 is out of range"),
+    (["--local-steps", "5"], "--local-steps=5 needs --algorithm fedavg"),
+    (["--reset-client-momentum"], "--reset-client-momentum needs --algorithm fedavg"),
+    (["--algorithm", "fedavg", "--local-steps", "5"], "--steps=12 is not a multiple of --local-steps=5"),
+    (["--algorithm", "fedavg", "--local-steps", "0"], "--local-steps=0 is out of range"),
+    (["--algorithm", "fedsgd"], "invalid choice: 'fedsgd'"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ]
 
@@ -142,41 +152,78 @@ def test_help_explains_every_flag():
     flags = ["--schemes", "--clients", "--byzantine", "--fixbn-freeze", "--attack", "--attack-param", "--target",
              "--attack-fields", "--defense", "--pre", "--dataset", "--data-root", "--download", "--heterogeneity",
              "--steps", "--batch-size", "--lr", "--momentum", "--width", "--eval-every", "--seed", "--device",
-             "--out", "--checkpoint-every", "--resume", "--quiet"]
+             "--out", "--checkpoint-every", "--resume", "--quiet", "--groups", "--algorithm", "--local-steps",
+             "--reset-client-momentum"]
     for flag in flags:
         assert flag in text
     for action in build_parser()._actions:
         assert action.help, action.option_strings
     assert "sign-flip" in text and "trimmed-mean" in text and "naive" in text
+    for scheme in ("centralized", "naive", "fbn", "fixbn", "fedtan", "hbn", "groupnorm"):
+        assert f"\n    {scheme} " in text  # each scheme explained in the description
+    flowing = " ".join(text.split())  # argparse wraps the flags' help
+    assert "Hsieh et al. 2020" in flowing and "rounds = steps / local-steps" in flowing
+
+
+ALL_SCHEMES = ["centralized", "naive", "fbn", "fixbn", "fedtan", "hbn", "groupnorm"]
+# Exchanges per DSGD step: one gradient exchange (statistics ride along), FedTAN 3 more per BN layer (the
+# CNN has 4), none for the one-machine centralized reference.
+EXCHANGES_PER_STEP = {"centralized": 0, "fedtan": 3 * 4 + 1}
 
 
 def test_outputs_table_and_summary(tiny_npz, tmp_path, capsys):
     out = tmp_path / "out"
-    code, stdout, stderr = _run_main(tiny_args(tiny_npz, out, "--schemes", "centralized,naive,fbn,fixbn",
+    code, stdout, stderr = _run_main(tiny_args(tiny_npz, out, "--schemes", ",".join(ALL_SCHEMES),
                                                "--attack-fields", "mean"), capsys)
     assert code == 0, stderr
     assert {"config.json", "metrics.jsonl", "summary.json", "summary.csv", "curves.png", "checkpoints"} <= set(os.listdir(out))
     config = json.loads((out / "config.json").read_text())
-    assert config["schemes"] == ["centralized", "naive", "fbn", "fixbn"] and config["pre"] == "nnm"
+    assert config["schemes"] == ALL_SCHEMES and config["pre"] == "nnm"
+    assert config["algorithm"] == "dsgd" and config["local_steps"] == 1 and config["groups"] == 2
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"centralized", "naive", "fbn", "fixbn"}
+    assert set(summary) == set(ALL_SCHEMES)
     assert set(summary["centralized"]) == {"no-attack"}
-    assert set(summary["fbn"]) == {"no-attack", "attack", "attack+defense"}
-    for runs in summary.values():
+    assert set(summary["groupnorm"]) == {"no-attack"}  # --target stats: nothing of groupnorm's to attack
+    assert set(summary["fbn"]) == set(summary["fedtan"]) == {"no-attack", "attack", "attack+defense"}
+    for scheme, runs in summary.items():
         for scenario, entry in runs.items():
             assert 0 <= entry["final_acc"] <= entry["best_acc"] <= 1
-            assert entry["comm_rounds"] == entry["steps_done"] and entry["wall_s"] > 0
-            assert isinstance(entry["stats_clamped"], int)
+            assert entry["comm_rounds"] == entry["steps_done"] * EXCHANGES_PER_STEP.get(scheme, 1)
+            assert entry["wall_s"] > 0 and isinstance(entry["stats_clamped"], int)
             if scenario != "attack":  # an undefended attack may legitimately break a run
                 assert entry["status"] == "ok" and entry["steps_done"] == 12
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines[:4]] == [0, 4, 8, 12]  # evaluated at step 0 and every 4 steps
     assert {(r["scheme"], r["scenario"]) for r in lines} == {(s, c) for s in summary for c in summary[s]}
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len((out / "summary.csv").read_text().splitlines()) == 11
+    assert len((out / "summary.csv").read_text().splitlines()) == 1 + 2 + 5 * 3
     table = stdout[stdout.index("scheme"):]
-    for name in ("centralized", "naive", "fbn", "fixbn", "no-attack final / best", "attack+defense"):
+    for name in ALL_SCHEMES + ["no-attack final / best", "attack+defense"]:
         assert name in table
+
+
+def test_fedavg_outputs_count_local_steps_and_rounds(tiny_npz, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, stderr = _run_main(tiny_args(tiny_npz, out, "--schemes", ",".join(ALL_SCHEMES), "--algorithm", "fedavg",
+                                          "--local-steps", "3", "--eval-every", "4", "--target", "both",
+                                          "--attack", "alie"), capsys)
+    assert code == 0, stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["algorithm"] == "fedavg" and config["local_steps"] == 3 and not config["reset_client_momentum"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["groupnorm"]) == {"no-attack", "attack", "attack+defense"}  # its updates are attacked
+    for scheme, runs in summary.items():
+        for scenario, entry in runs.items():
+            if scenario != "attack":
+                assert entry["status"] == "ok" and entry["steps_done"] == 12, (scheme, scenario, entry)
+            # centralized steps on the union batch (no communication); the others: 4 rounds of 3 local steps.
+            rounds = entry["steps_done"] if scheme == "centralized" else entry["steps_done"] // 3
+            assert entry["comm_rounds"] == rounds * EXCHANGES_PER_STEP.get(scheme, 1), (scheme, entry)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    fbn_steps = [r["step"] for r in lines if r["scheme"] == "fbn" and r["scenario"] == "no-attack"]
+    assert fbn_steps == [0, 6, 9, 12]  # the ends of the rounds that reach 4, 8 and 12 local steps
+    central_steps = [r["step"] for r in lines if r["scheme"] == "centralized"]
+    assert central_steps == [0, 4, 8, 12]
 
 
 def test_same_seed_gives_identical_metrics(tiny_npz, tmp_path, capsys):
@@ -186,6 +233,33 @@ def test_same_seed_gives_identical_metrics(tiny_npz, tmp_path, capsys):
     assert (tmp_path / "a" / "metrics.jsonl").read_bytes() == (tmp_path / "b" / "metrics.jsonl").read_bytes()
     assert _run_main(tiny_args(tiny_npz, tmp_path / "c", *argv, "--seed", "1"), capsys)[0] == 0
     assert (tmp_path / "a" / "metrics.jsonl").read_bytes() != (tmp_path / "c" / "metrics.jsonl").read_bytes()
+
+
+def test_fedavg_runs_are_deterministic_and_an_interrupted_one_resumes_to_the_same_metrics(tiny_npz, tmp_path, capsys,
+                                                                                         monkeypatch):
+    from byzbn.fedavg import FedAvgFederation
+
+    argv = ["--schemes", "naive,fedtan", "--attack", "alie", "--target", "both", "--algorithm", "fedavg",
+            "--local-steps", "2", "--eval-every", "3", "--checkpoint-every", "3"]
+    assert _run_main(tiny_args(tiny_npz, tmp_path / "a", *argv), capsys)[0] == 0
+    assert _run_main(tiny_args(tiny_npz, tmp_path / "b", *argv), capsys)[0] == 0
+    assert (tmp_path / "a" / "metrics.jsonl").read_bytes() == (tmp_path / "b" / "metrics.jsonl").read_bytes()
+    step, calls = FedAvgFederation.step, []
+
+    def interrupted(self, *args, **kwargs):  # dies in the fedtan / attack run, right after its checkpoint at step 6
+        calls.append(1)
+        if self.scheme.name == "fedtan" and self.scenario.name == "attack" and self.step_count == 6:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(FedAvgFederation, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(tiny_args(tiny_npz, tmp_path / "c", *argv))
+    monkeypatch.setattr(FedAvgFederation, "step", step)
+    assert (tmp_path / "c" / "checkpoints" / "fedtan__attack.pt").is_file()
+    assert _run_main(tiny_args(tiny_npz, tmp_path / "c", *argv, "--resume"), capsys)[0] == 0
+    assert (tmp_path / "a" / "metrics.jsonl").read_bytes() == (tmp_path / "c" / "metrics.jsonl").read_bytes()
+    assert _uninterrupted_summary(tmp_path / "a") == _uninterrupted_summary(tmp_path / "c")
 
 
 def test_a_non_finite_run_is_recorded_and_the_comparison_goes_on(tiny_npz, tmp_path, capsys):

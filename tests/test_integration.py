@@ -1,7 +1,9 @@
 """End to end: every scheme × attack × defense runs through the CLI on tiny settings; a short CIFAR-10 run learns.
 
-Tiny settings: a synthetic 8x8 npz dataset, 6 clients of which 2 Byzantine, width 0.125, 3 steps, so
-each combination takes about a second. fixbn freezes after its first step so both phases run.
+Tiny settings: a synthetic 8x8 npz dataset, 6 clients of which 2 Byzantine, width 0.125, 2 steps, so
+each combination takes about a second (the optimal attacks' line searches a few). fixbn freezes after
+its first step so both phases run. Under FedAvg: 2 rounds of 2 local steps, fixbn freezing after the
+first round, every attack with one defense and every defense with one attack.
 """
 from __future__ import annotations
 
@@ -44,44 +46,68 @@ def tiny_npz(tmp_path_factory) -> Path:
 
 def _run(npz: Path, out: Path, *extra: str) -> dict:
     argv = ["--dataset", f"npz:{npz}", "--out", str(out), "--clients", "6", "--byzantine", "2", "--width", "0.125",
-            "--batch-size", "4", "--steps", "3", "--eval-every", "3", "--fixbn-freeze", "0.34", "--quiet", *extra]
+            "--batch-size", "4", "--steps", "2", "--eval-every", "2", "--fixbn-freeze", "0.5", "--quiet", *extra]
     assert main(argv) == 0
     return json.loads((out / "summary.json").read_text())
 
 
 NON_FINITE_ATTACKS = {"nan", "inf"}
+ATTACKABLE = ["naive", "fbn", "fixbn", "fedtan", "hbn", "groupnorm"]
+EXCHANGES = {"fedtan": 3 * 4 + 1}  # per step (DSGD) or round (FedAvg); 1 for the others
 
 
-@pytest.mark.parametrize("defense", sorted(DEFENSES))
-@pytest.mark.parametrize("attack", sorted(ATTACKS))
-def test_every_scheme_attack_and_defense_runs(tiny_npz, tmp_path, capsys, attack, defense):
-    summary = _run(tiny_npz, tmp_path / "out", "--schemes", "naive,fbn,fixbn", "--attack", attack,
-                   "--defense", defense, "--target", "both")
-    capsys.readouterr()
-    assert set(summary) == {"naive", "fbn", "fixbn"}
+def _check_every_run(summary: dict, attack: str, defense: str, steps: int, rounds: int) -> None:
+    assert set(summary) == set(ATTACKABLE)
     for scheme, runs in summary.items():
         assert set(runs) == {"no-attack", "attack", "attack+defense"}
         for scenario, entry in runs.items():
             assert 0.0 <= entry["final_acc"] <= entry["best_acc"] <= 1.0
-            assert entry["comm_rounds"] == entry["steps_done"] >= 1
+            done_rounds = entry["steps_done"] * rounds // steps
+            assert entry["comm_rounds"] == done_rounds * EXCHANGES.get(scheme, 1) and done_rounds >= 1
             robust = scenario == "no-attack" or (scenario == "attack+defense" and defense != "mean")
             if robust:
-                assert entry["status"] == "ok" and entry["steps_done"] == 3, (scheme, scenario, entry)
+                assert entry["status"] == "ok" and entry["steps_done"] == steps, (scheme, scenario, entry)
             elif attack in NON_FINITE_ATTACKS:  # gradients averaged with NaN/Inf rows
                 assert entry["status"].startswith("diverged: non-finite"), (scheme, scenario, entry)
             else:
                 assert entry["status"] == "ok" or entry["status"].startswith("diverged: "), entry
 
 
+@pytest.mark.parametrize("defense", sorted(DEFENSES))
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_every_scheme_attack_and_defense_runs(tiny_npz, tmp_path, capsys, attack, defense):
+    summary = _run(tiny_npz, tmp_path / "out", "--schemes", ",".join(ATTACKABLE), "--attack", attack,
+                   "--defense", defense, "--target", "both")
+    capsys.readouterr()
+    _check_every_run(summary, attack, defense, steps=2, rounds=2)
+
+
+FEDAVG_CASES = [(attack, "median") for attack in sorted(ATTACKS)]
+FEDAVG_CASES += [("alie", defense) for defense in sorted(DEFENSES) if defense != "median"]
+
+
+@pytest.mark.parametrize("attack,defense", FEDAVG_CASES)
+def test_every_scheme_attack_and_defense_runs_under_fedavg(tiny_npz, tmp_path, capsys, attack, defense):
+    summary = _run(tiny_npz, tmp_path / "out", "--schemes", ",".join(ATTACKABLE), "--attack", attack,
+                   "--defense", defense, "--target", "both", "--algorithm", "fedavg", "--local-steps", "2",
+                   "--steps", "4", "--eval-every", "4")
+    capsys.readouterr()
+    _check_every_run(summary, attack, defense, steps=4, rounds=2)
+
+
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_statistics_only_attacks_leave_the_gradient_channel_alone(tiny_npz, tmp_path, capsys, attack):
-    summary = _run(tiny_npz, tmp_path / "out", "--schemes", "naive,fbn,fixbn", "--attack", attack,
+    summary = _run(tiny_npz, tmp_path / "out", "--schemes", ",".join(ATTACKABLE), "--attack", attack,
                    "--defense", "trimmed-mean", "--target", "stats", "--attack-fields", "mean")
     capsys.readouterr()
+    assert set(summary["groupnorm"]) == {"no-attack"}  # no statistics: nothing to attack
     for scheme, runs in summary.items():
-        assert runs["no-attack"]["status"] == "ok" and runs["attack+defense"]["status"] == "ok"
-        if attack in NON_FINITE_ATTACKS and scheme in ("naive", "fbn"):
-            # Averaged NaN/Inf means reach the server's statistics (naive) or the forward pass (fbn).
+        assert runs["no-attack"]["status"] == "ok"
+        if scheme == "groupnorm":
+            continue
+        assert runs["attack+defense"]["status"] == "ok"
+        if attack in NON_FINITE_ATTACKS and scheme in ("naive", "fbn", "fedtan", "hbn"):
+            # Averaged NaN/Inf means reach the server's statistics (naive) or the forward pass (the others).
             assert runs["attack"]["status"].startswith("diverged: non-finite"), (scheme, runs["attack"])
 
 

@@ -189,3 +189,32 @@ def test_client_mode_property(clients, b, c, spatial, seed):
     layer, x = _layer(c, seed=seed), _batch(clients, b, c, spatial=spatial, seed=seed + 1)
     configure([layer], mode="client", clients=clients)
     torch.testing.assert_close(layer(x), _per_client_reference(layer, x, clients), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode,backend", [("client", "kernel"), ("client", "torch"), ("union", "kernel"),
+                                          ("global", "kernel")])
+def test_keeping_the_normalized_input_changes_neither_output_nor_gradients(mode, backend):
+    layer, x = _layer(3), _batch(4, 3, 3)
+    outs, grads = [], []
+    up = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+    for keep in (False, True):
+        configure([layer], mode=mode, clients=4, stats_backend=backend)
+        layer.keep_normalized = keep
+        xi = x.clone().requires_grad_(True)
+        out = layer(xi)
+        outs.append(out)
+        grads.append(torch.autograd.grad((out * up).sum(), [xi, layer.weight, layer.bias]))
+    torch.testing.assert_close(outs[0], outs[1], **TOL[torch.float64])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    expected = (outs[1] - layer.bias.view(1, 3, 1, 1)) / layer.weight.view(1, 3, 1, 1)
+    torch.testing.assert_close(layer.normalized.reshape(x.shape), expected.detach(), **TOL[torch.float64])
+
+
+def test_sync_mode_needs_the_schemes_callable():
+    layer = FederatedBatchNorm(2)
+    configure([layer], mode="sync", clients=2)
+    with pytest.raises(ValueError, match="needs the scheme's sync callable"):
+        layer(torch.randn(4, 2, 2, 2))
+    with pytest.raises(ValueError, match="sync must be a callable"):
+        configure([layer], sync=3)

@@ -1,0 +1,126 @@
+"""What a run's configuration (attack_eval's config.json) means: schemes, algorithm, and the Federation it builds.
+
+Shared by `python -m byzbn.attack_eval` and the tools built on it; every function takes the config
+dict (argparse's names, local_steps resolved) and raises ValueError with a one-line message.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from byzbn.federation import Federation, make_scenario
+from byzbn.schemes import SCHEMES, make_scheme
+from byzbn.schemes_extra import DEFAULT_GROUPS
+
+ALGORITHMS = ("dsgd", "fedavg")
+DEFAULT_FEDAVG_LOCAL_STEPS = 5
+# Arguments added after config.json files were first written: a saved config without them ran with
+# these values, so --resume treats a missing key as this value.
+ADDED_DEFAULTS = {"algorithm": "dsgd", "local_steps": 1, "reset_client_momentum": False, "groups": DEFAULT_GROUPS}
+
+SCHEME_SUMMARY = """\
+    centralized  BN on the union of the honest batches, one machine (reference upper bound, no attack,
+                 no communication; it takes every step on the union batch under fedavg too)
+    naive        clients normalize with their own batch statistics, submit their running statistics
+    fbn          Federated BN: everyone normalizes with the shared running statistics; batch statistics
+                 are robust-merged (two-phase, unbiased) into them
+    fixbn        naive until T* (--fixbn-freeze), then the frozen global statistics, nothing submitted
+    fedtan       layer-wise synchronization: every BN layer normalizes with this step's global batch
+                 statistics, robust-merged per layer inside the forward (3 exchanges per BN layer)
+    hbn          Hybrid BN: (1 - a)·global + a·batch, a = sigmoid(d) learnable per channel; global as fbn
+    groupnorm    GroupNorm (--groups) instead of BN: no statistics, only gradients can be attacked
+"""
+
+
+def scheme_params(name: str, config: dict) -> dict:
+    """The keyword parameters scheme `name` takes from the command line (see byzbn.schemes.make_scheme)."""
+    if name == "fixbn":
+        return {"freeze": config["fixbn_freeze"]}
+    if name == "groupnorm":
+        return {"groups": config.get("groups", DEFAULT_GROUPS)}
+    return {}
+
+
+def uses_fedavg(name: str, config: dict) -> bool:
+    """Whether scheme `name` trains with FedAvg in this configuration (the centralized reference never does)."""
+    return config.get("algorithm", "dsgd") == "fedavg" and SCHEMES[name].attackable
+
+
+def scheme_steps(name: str, config: dict) -> int:
+    """The `steps` scheme `name` is built with: DSGD steps, or communication rounds under FedAvg."""
+    return config["steps"] // (config.get("local_steps") or 1) if uses_fedavg(name, config) else config["steps"]
+
+
+def runs_attacked(name: str, target: str) -> bool:
+    """Whether scheme `name` has attack scenarios for --target (else it runs no-attack only)."""
+    scheme = SCHEMES[name]
+    return scheme.attackable and (scheme.has_stats or target != "stats")
+
+
+def resolve_local_steps(algorithm: str, local_steps: Optional[int], reset_client_momentum: bool, steps: int) -> int:
+    """E for the run: 1 under DSGD; --local-steps (default 5) under FedAvg, dividing --steps."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"--algorithm {algorithm!r} is unknown: valid {list(ALGORITHMS)}")
+    if algorithm == "dsgd":
+        if local_steps not in (None, 1):
+            raise ValueError(f"--local-steps={local_steps} needs --algorithm fedavg "
+                             "(DSGD communicates after every step)")
+        if reset_client_momentum:
+            raise ValueError("--reset-client-momentum needs --algorithm fedavg (DSGD clients never start a round)")
+        return 1
+    local_steps = DEFAULT_FEDAVG_LOCAL_STEPS if local_steps is None else local_steps
+    if local_steps < 1:
+        raise ValueError(f"--local-steps={local_steps} is out of range: valid >= 1")
+    if steps % local_steps:
+        lower, upper = steps // local_steps * local_steps, (steps // local_steps + 1) * local_steps
+        raise ValueError(f"--steps={steps} is not a multiple of --local-steps={local_steps}: under fedavg --steps "
+                         f"counts each client's local steps in whole rounds (e.g. --steps {lower or upper} or {upper})")
+    return local_steps
+
+
+def check_statistics_target(schemes: list[str], attacking: bool, target: str) -> None:
+    """A statistics attack needs a scheme that exchanges statistics (groupnorm alone has none to attack)."""
+    if not attacking or target != "stats" or any(runs_attacked(s, target) for s in schemes):
+        return
+    without = [s for s in schemes if SCHEMES[s].attackable]
+    if without:
+        raise ValueError(f"--target stats: scheme(s) {without} exchange no BN statistics, so a statistics attack "
+                         "has nothing to target; use --target grads or both, or add a BN scheme")
+
+
+def dry_build(name: str, config: dict, dataset) -> None:
+    """Build scheme `name`'s model once (on CPU, thrown away) so that a bad combination fails early."""
+    from byzbn.models import make_cnn
+
+    scheme = make_scheme(name, scheme_steps(name, config), **scheme_params(name, config))
+    try:
+        make_cnn(dataset.input_shape, dataset.num_classes, config["width"], norm=scheme.make_norm)
+    except ValueError as error:
+        raise ValueError(f"--schemes {name} at --width {config['width']}: {error}") from error
+
+
+def build_federation(config: dict, name: str, scenario_name: str, dataset, client_indices: torch.Tensor,
+                     device: torch.device, attack, defense) -> Federation:
+    """The Federation (DSGD) or FedAvgFederation of one scheme × scenario run, model seeded by config['seed']."""
+    from byzbn.fedavg import FedAvgFederation
+    from byzbn.models import make_cnn
+
+    c = config
+    scheme = make_scheme(name, scheme_steps(name, c), **scheme_params(name, c))
+    scenario = make_scenario(scenario_name, c["clients"], c["byzantine"], attack, defense,
+                             target=c["target"], fields=c["attack_fields"])
+    torch.manual_seed(c["seed"])  # the same initial model for every scheme and scenario
+    model = make_cnn(dataset.input_shape, dataset.num_classes, c["width"], norm=scheme.make_norm)
+    model.to(device)
+    common = dict(batch_size=c["batch_size"], lr=c["lr"], momentum=c["momentum"], seed=c["seed"])
+    data = (dataset.x_train.to(device), dataset.y_train.to(device), client_indices)
+    if uses_fedavg(name, c):
+        return FedAvgFederation(model, scheme, scenario, *data, local_steps=c["local_steps"],
+                                reset_client_momentum=c.get("reset_client_momentum", False), **common)
+    return Federation(model, scheme, scenario, *data, **common)
+
+
+__all__ = ["ALGORITHMS", "DEFAULT_FEDAVG_LOCAL_STEPS", "ADDED_DEFAULTS", "SCHEME_SUMMARY", "scheme_params",
+           "uses_fedavg", "scheme_steps", "runs_attacked", "resolve_local_steps", "check_statistics_target",
+           "dry_build", "build_federation"]
