@@ -19,7 +19,7 @@ import torch
 from byzbn._checks import check_int
 from byzbn.attacks.registry import (Attack, Defense, check_defense, check_submission, finite_float,
                                     register, repeat_row)
-from byzbn.attacks.rules import FOE_EPS, alie_row, alie_z, foe_row
+from byzbn.attacks.rules import FOE_EPS, alie_z, honest_std
 
 _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -100,22 +100,30 @@ class OptimalScaleAttack(Attack):
         self.brackets = check_int("brackets", brackets, 1, 2 * self.grid + 3, "grid peaks refined")
 
     @abc.abstractmethod
+    def line(self, honest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(base, direction) [d] each: the Byzantine row at scale t is base + t·direction."""
+
     def row_at(self, honest: torch.Tensor, scale: float) -> torch.Tensor:
         """The Byzantine row [d] at `scale`."""
+        base, direction = self.line(honest)
+        return base + scale * direction
 
     @abc.abstractmethod
     def classical_scale(self, n: int, f: int) -> Optional[float]:
         """The fixed attack's scale, evaluated as an anchor (None where it is undefined)."""
 
     def distance(self, honest: torch.Tensor, f: int, defense: Defense, scale: float,
-                 honest_mean: Optional[torch.Tensor] = None) -> float:
+                 honest_mean: Optional[torch.Tensor] = None,
+                 line: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> float:
         """‖D(cat(H, rows at scale)) − mean(H)‖ in float64; NaN (a defense swallowing overflow) counts as -inf.
 
-        honest_mean: mean(H) in float64, when the caller evaluates many scales for the same H.
+        honest_mean (mean(H) in float64) and line (self.line(H)): precomputed when the caller evaluates
+        many scales for the same H.
         """
         if honest_mean is None:
             honest_mean = honest.double().mean(dim=0)
-        x = torch.cat([honest, repeat_row(self.row_at(honest, scale), f)])
+        base, direction = self.line(honest) if line is None else line
+        x = torch.cat([honest, repeat_row(base + scale * direction, f)])
         out = defense(x)
         if not isinstance(out, torch.Tensor) or out.shape != (honest.shape[1],):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -134,7 +142,8 @@ class OptimalScaleAttack(Attack):
     def _search(self, honest, n, f, defense) -> tuple[float, float]:
         classical = self.classical_scale(n, f)
         honest_mean = honest.double().mean(dim=0)
-        return bracketed_line_search(lambda t: self.distance(honest, f, defense, t, honest_mean),
+        line = self.line(honest)
+        return bracketed_line_search(lambda t: self.distance(honest, f, defense, t, honest_mean, line),
                                      [] if classical is None else [classical],
                                      min_scale=self.min_scale, max_scale=self.max_scale,
                                      grid=self.grid, iters=self.iters, brackets=self.brackets)
@@ -148,8 +157,8 @@ class OptimalScaleAttack(Attack):
 class OptimalFOE(OptimalScaleAttack):
     """FOE rows −eps·mean(H) with eps (any real) chosen to maximise the defended aggregate's deviation."""
 
-    def row_at(self, honest, scale):
-        return foe_row(honest, scale)
+    def line(self, honest):
+        return torch.zeros_like(honest[0]), -honest.mean(dim=0)
 
     def classical_scale(self, n, f):
         return FOE_EPS
@@ -159,8 +168,8 @@ class OptimalFOE(OptimalScaleAttack):
 class OptimalALIE(OptimalScaleAttack):
     """ALIE rows mean(H) − z·std(H) with z (any real) chosen to maximise the defended aggregate's deviation."""
 
-    def row_at(self, honest, scale):
-        return alie_row(honest, scale)
+    def line(self, honest):
+        return honest.mean(dim=0), -honest_std(honest)
 
     def classical_scale(self, n, f):
         s = n // 2 + 1 - f

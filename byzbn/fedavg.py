@@ -29,31 +29,18 @@ thread made a round 20-90x slower (every op ends in a barrier waiting for a busy
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from byzbn._checks import check_int
+from byzbn._threads import one_cpu_thread
 from byzbn.federation import _DROPOUT_STREAM, Federation, step_seed
 from byzbn.norm import configure
 
 LOCAL_ENGINES = ("auto", "vmap", "loop")
 _CLIENT_DROPOUT_STREAM = 2  # + client index: the loop engine's dropout seeds
-
-
-@contextmanager
-def _one_thread_on_cpu(device: torch.device):
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class FedAvgFederation(Federation):
@@ -165,7 +152,7 @@ class FedAvgFederation(Federation):
         recorded: list = [None] * E
         losses = [0.0] * E
         first = 0
-        with _one_thread_on_cpu(theta.device):
+        with one_cpu_thread(theta.device):
             if self.scheme.sync_layers:  # FedTAN: every client holds θ, so the first local step runs stacked
                 self.scheme.prepare_local(self.layers, r, 0)
                 torch.manual_seed(step_seed(self.seed, r * E, _DROPOUT_STREAM))

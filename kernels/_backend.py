@@ -7,8 +7,6 @@ is imported), which the tests use.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
@@ -55,22 +53,3 @@ def sm_count(device: torch.device) -> int:
 
 def next_pow2(v: int) -> int:
     return 1 << max(0, (v - 1).bit_length())
-
-
-@contextmanager
-def one_cpu_thread(x: torch.Tensor):
-    """Run the CPU fast paths' many cache-sized ops on one intra-op thread, restoring the setting after.
-
-    Each op is a few microseconds of work; with a second OpenMP thread every op ends in a barrier,
-    and on a shared machine (2 cores, other jobs running) waiting for that thread made the paths
-    5-10x slower than one thread (e.g. NNM + median at n=32, d=10^6: 1.1-1.9 s vs 0.26-0.29 s).
-    """
-    threads = torch.get_num_threads()
-    if x.device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

@@ -28,6 +28,7 @@ import triton.language as tl
 
 from byzbn import stats
 from byzbn._checks import FLOAT_DTYPES
+from byzbn._threads import one_cpu_thread
 from byzbn.kernels import _backend
 
 TILE_ELEMENTS = 4096          # values one Triton program holds per step (registers)
@@ -224,7 +225,7 @@ def client_stats(x: torch.Tensor, backend: str = "auto") -> stats.ClientStats:
                              if grad else None)
     if chosen == "torch" and grad:
         return stats.client_stats(x)
-    with torch.no_grad(), _backend.one_cpu_thread(x):
+    with torch.no_grad(), one_cpu_thread(x.device):
         mean, var = _client_stats_triton(x) if chosen == "triton" else _client_stats_torch(x)
     n = x.shape[0]
     count = torch.full((n,), x.numel() // (n * x.shape[2]), dtype=torch.int64, device=x.device)

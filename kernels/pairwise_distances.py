@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from byzbn._checks import check_matrix
+from byzbn._threads import one_cpu_thread
 from byzbn.kernels import _backend
 
 MAX_ROWS = 256           # the mixing kernel holds all n rows of a column block in registers (255 at n=256)
@@ -160,5 +161,5 @@ def pairwise_sq_distances(x: torch.Tensor, backend: str = "auto") -> torch.Tenso
         from byzbn.defenses import functional as F
 
         return F.pairwise_sq_distances(x)
-    with torch.no_grad(), _backend.one_cpu_thread(x):
+    with torch.no_grad(), one_cpu_thread(x.device):
         return sq_distances_torch(x)[0]

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from byzbn._checks import check_f, check_matrix
+from byzbn._threads import one_cpu_thread
 from byzbn.kernels import _backend, order_statistics
 from byzbn.kernels import pairwise_distances as _dist
 
@@ -205,5 +206,5 @@ def robust_aggregate(x: torch.Tensor, f: int, rule: str, nnm: bool = True, backe
         return _robust_aggregate_triton(x, f, rule, nnm)
     if _backend.needs_grad(x):
         return _reference(x, f, rule, nnm)
-    with torch.no_grad(), _backend.one_cpu_thread(x):
+    with torch.no_grad(), one_cpu_thread(x.device):
         return _robust_aggregate_torch(x, f, rule, nnm)
