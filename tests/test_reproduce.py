@@ -1,0 +1,306 @@
+"""python -m byzbn.reproduce: both figures end to end, mean ± std over seeds, reuse of finished runs, errors.
+
+Every reproduction here trains on a tiny synthetic npz (8x8 grayscale, 10 classes) with a narrow CNN for
+3 steps, so a whole figure takes a few seconds on one thread.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from byzbn import attack_eval
+from byzbn.reproduce import build_parser, main
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FIG3_SCHEMES = ("centralized", "naive", "fixbn", "fbn")
+FIG4_LABELS = ("no attack", "no defense", "nnm∘median", "nnm∘trimmed-mean")
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory) -> Path:
+    """Class k is a bright row k % 8 plus noise: learnable, so accuracies differ between seeds."""
+    rng = np.random.default_rng(0)
+
+    def images(count):
+        labels = rng.integers(0, 10, count)
+        x = rng.integers(0, 60, (count, 8, 8))
+        x[np.arange(count), labels % 8, :] += 150
+        x[np.arange(count), :, labels // 8 * 7] += 60
+        return x.clip(0, 255).astype(np.uint8), labels.astype(np.int64)
+
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    (x_train, y_train), (x_test, y_test) = images(240), images(60)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fig3_args(npz: Path, out: Path, *extra: str) -> list[str]:
+    return ["fig3", "--dataset", f"npz:{npz}", "--out", str(out), "--clients", "4", "--width", "0.125",
+            "--batch-size", "4", "--steps", "3", "--eval-every", "1", "--lr", "0.1", "--gammas", "1,0",
+            "--quiet", *extra]
+
+
+def fig4_args(npz: Path, out: Path, *extra: str) -> list[str]:
+    return ["fig4", "--dataset", f"npz:{npz}", "--out", str(out), "--clients", "5", "--byzantine", "1",
+            "--width", "0.125", "--batch-size", "4", "--steps", "3", "--eval-every", "1", "--lr", "0.1",
+            "--quiet", *extra]
+
+
+def run(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def files_under(root: Path) -> dict:
+    """Every file's bytes and modification time: what a run that trains nothing must leave untouched."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def fig3_outputs_are_complete(out: Path) -> None:
+    for name in ("reproduce.json", "summary.json", "table.md", "fig3.png", "fig3_curves.png"):
+        assert (out / name).is_file(), name
+    for name in ("fig3.png", "fig3_curves.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) < 150_000
+
+
+def test_fig3_with_two_seeds_gives_mean_and_sample_std_of_the_runs(tiny_npz, tmp_path, capsys):
+    out = tmp_path / "fig3"
+    code, stdout, stderr = run(fig3_args(tiny_npz, out, "--seeds", "2"), capsys)
+    assert code == 0, stderr
+    fig3_outputs_are_complete(out)
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {(r["gamma"], r["scheme"]): r for r in summary["aggregate"]}
+    assert set(rows) == {(g, s) for g in (1.0, 0.0) for s in FIG3_SCHEMES}
+    table = (out / "table.md").read_text()
+    assert table.split("\n", 2)[2] in stdout  # the printed table is table.md's
+    for gamma, cell in ((1.0, "gamma-1"), (0.0, "gamma-0")):
+        per_seed = [json.loads((out / cell / f"seed-{s}" / "summary.json").read_text()) for s in (0, 1)]
+        for s, config in enumerate(json.loads((out / cell / f"seed-{s}" / "config.json").read_text())
+                                   for s in (0, 1)):
+            assert config["seed"] == s and config["byzantine"] == 0 and config["attack"] == "none"
+            assert config["heterogeneity"] == f"gamma:{gamma!r}"
+        for scheme in FIG3_SCHEMES:
+            finals = [runs[scheme]["no-attack"]["final_acc"] for runs in per_seed]
+            bests = [runs[scheme]["no-attack"]["best_acc"] for runs in per_seed]
+            row = rows[(gamma, scheme)]
+            assert row["seeds"] == [0, 1] and row["label"] == "no attack"
+            assert row["final_mean"] == pytest.approx((finals[0] + finals[1]) / 2)
+            assert row["final_std"] == pytest.approx(abs(finals[0] - finals[1]) / 2 ** 0.5)  # ddof = 1
+            assert row["best_mean"] == pytest.approx(statistics.fmean(bests))
+            assert row["best_std"] == pytest.approx(statistics.stdev(bests))
+            line = next(line for line in table.splitlines() if line.startswith(f"| {scheme} |"))
+            assert f"{100 * statistics.fmean(finals):.1f} ± {100 * statistics.stdev(finals):.1f} / " in line
+    assert "γ = 1 (IID)" in table and "γ = 0 (extreme non-IID)" in table
+
+
+def test_one_seed_gives_no_std(tiny_npz, tmp_path, capsys):
+    out = tmp_path / "fig3"
+    code, _, stderr = run(fig3_args(tiny_npz, out, "--gammas", "0.5", "--schemes", "naive,fbn"), capsys)
+    assert code == 0, stderr
+    rows = json.loads((out / "summary.json").read_text())["aggregate"]
+    assert len(rows) == 2 and all(r["final_std"] is None and r["seeds"] == [0] for r in rows)
+    assert "±" not in (out / "table.md").read_text()
+
+
+def test_fig4_runs_each_scenario_once_per_cell(tiny_npz, tmp_path, capsys):
+    out = tmp_path / "fig4"
+    code, stdout, stderr = run(fig4_args(tiny_npz, out), capsys)
+    assert code == 0, stderr
+    data = (out / "fig4.png").read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) < 150_000
+    for gamma in ("0.5", "0"):
+        median = json.loads((out / f"gamma-{gamma}" / "seed-0" / "median" / "summary.json").read_text())
+        trimmed = json.loads((out / f"gamma-{gamma}" / "seed-0" / "trimmed-mean" / "summary.json").read_text())
+        assert {s: set(v) for s, v in median.items()} == {s: {"no-attack", "attack", "attack+defense"}
+                                                          for s in ("naive", "fbn")}
+        assert {s: set(v) for s, v in trimmed.items()} == {s: {"attack+defense"} for s in ("naive", "fbn")}
+        config = json.loads((out / f"gamma-{gamma}" / "seed-0" / "trimmed-mean" / "config.json").read_text())
+        assert (config["attack"], config["target"], config["attack_fields"], config["pre"], config["defense"]) == \
+               ("sign-flip", "stats", "mean", "nnm", "trimmed-mean")
+        assert config["heterogeneity"] == f"gamma:{float(gamma)!r}"
+    summary = json.loads((out / "summary.json").read_text())
+    labels = {(r["gamma"], r["scheme"], r["label"]) for r in summary["aggregate"]}
+    assert labels == {(g, s, label) for g in (0.5, 0.0) for s in ("naive", "fbn") for label in FIG4_LABELS}
+    assert len(summary["runs"]) == 16
+    table = (out / "table.md").read_text()
+    assert "| scheme | " + " | ".join(FIG4_LABELS) + " |" in table and "γ = 0.5" in table and "γ = 0 (" in table
+    assert "sign-flip on the BN mean" in stdout
+
+
+def test_a_second_invocation_trains_nothing_and_prints_the_same_table(tiny_npz, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "fig3"
+    code, first, _ = run(fig3_args(tiny_npz, out), capsys)
+    assert code == 0
+    cells = {cell: files_under(out / cell) for cell in ("gamma-1", "gamma-0")}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(attack_eval, "run_plan", no_training)
+    monkeypatch.setattr(attack_eval, "run_one", no_training)
+    code, second, stderr = run(fig3_args(tiny_npz, out), capsys)
+    assert code == 0, stderr
+    assert second == first
+    assert {cell: files_under(out / cell) for cell in cells} == cells
+
+
+def test_an_interrupted_reproduction_continues_where_it_stopped(tiny_npz, tmp_path, monkeypatch, capsys):
+    reference = tmp_path / "reference"
+    assert run(fig3_args(tiny_npz, reference), capsys)[0] == 0
+    out = tmp_path / "interrupted"
+    real_run_one, calls = attack_eval.run_one, []
+
+    def interrupt_at_the_sixth_run(*args, **kwargs):  # cell gamma-0's second run: its first run has finished
+        calls.append(args[1:3])
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real_run_one(*args, **kwargs)
+
+    monkeypatch.setattr(attack_eval, "run_one", interrupt_at_the_sixth_run)
+    with pytest.raises(KeyboardInterrupt):
+        main(fig3_args(tiny_npz, out))
+    assert (out / "gamma-1" / "seed-0" / "done.json").is_file()
+    cell = out / "gamma-0" / "seed-0"
+    assert (cell / "config.json").is_file() and not (cell / "done.json").exists()
+    first_cell = files_under(out / "gamma-1")
+    finished = out / "gamma-0" / "seed-0" / "checkpoints" / "centralized__no-attack.pt"
+    finished_state = (finished.read_bytes(), finished.stat().st_mtime_ns)
+
+    plans = []
+    real_run_plan = attack_eval.run_plan
+    monkeypatch.setattr(attack_eval, "run_one", real_run_one)
+    monkeypatch.setattr(attack_eval, "run_plan", lambda plan: plans.append(plan) or real_run_plan(plan))
+    code, _, stderr = run(fig3_args(tiny_npz, out), capsys)
+    assert code == 0, stderr
+    assert [p.out for p in plans] == [out / "gamma-0" / "seed-0"] and plans[0].resume
+    assert files_under(out / "gamma-1") == first_cell
+    assert (finished.read_bytes(), finished.stat().st_mtime_ns) == finished_state
+    accuracy = lambda d: [(r["gamma"], r["scheme"], r["final_acc"], r["best_acc"])  # noqa: E731
+                          for r in json.loads((d / "summary.json").read_text())["runs"]]
+    assert accuracy(out) == accuracy(reference)
+
+
+def test_a_rerun_with_other_arguments_is_refused(tiny_npz, tmp_path, capsys):
+    out = tmp_path / "fig3"
+    assert run(fig3_args(tiny_npz, out, "--gammas", "0"), capsys)[0] == 0
+    before = files_under(out)
+    code, stdout, stderr = run(fig3_args(tiny_npz, out, "--gammas", "0", "--lr", "0.2"), capsys)
+    assert code == 2 and stdout == "" and stderr.count("\n") == 1
+    assert "other arguments" in stderr and "'lr'" in stderr
+    code, _, stderr = run(fig4_args(tiny_npz, out), capsys)
+    assert code == 2 and stderr.count("\n") == 1 and "holds a fig3 reproduction" in stderr
+    assert files_under(out) == before
+
+
+BAD_ARGUMENTS = [
+    ([], "the following arguments are required"),
+    (["fig5"], "invalid choice: 'fig5'"),
+    (["fig3", "--gammas", "2"], "--gammas: 2 is out of range"),
+    (["fig3", "--gammas", "half"], "'half' is not a number"),
+    (["fig3", "--gammas", ","], "--gammas is empty"),
+    (["fig3", "--gammas", "1,1.0"], "lists a gamma twice"),
+    (["fig3", "--seeds", "0"], "--seeds=0 is out of range"),
+    (["fig3", "--steps", "0"], "--steps=0 is out of range"),
+    (["fig3", "--width", "nan"], "--width=nan is out of range"),
+    (["fig3", "--schemes", "batch"], "unknown scheme 'batch'"),
+    (["fig3", "--byzantine", "1"], "unrecognized arguments: --byzantine"),
+    (["fig3", "--dataset", "npz:/nonexistent/file.npz"], "dataset file not found"),
+    (["fig4", "--clients", "4", "--byzantine", "2"], "--byzantine=2 is out of range"),
+    (["fig4", "--defenses", "mean"], "unknown robust rule 'mean'"),
+    (["fig4", "--defenses", ""], "--defenses is empty"),
+    (["fig4", "--attack", "nope"], "invalid choice: 'nope'"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_ARGUMENTS)
+def test_a_bad_argument_prints_one_line_exits_2_and_writes_nothing(tiny_npz, tmp_path, monkeypatch, capsys,
+                                                                   argv, message):
+    monkeypatch.chdir(tmp_path)
+    base = {"fig3": fig3_args, "fig4": fig4_args}
+    full = base[argv[0]](tiny_npz, tmp_path / "out")[1:] if argv and argv[0] in base else []
+    # Later flags win in argparse: the bad one comes after the tiny defaults.
+    code, stdout, stderr = run(argv[:1] + full + argv[1:], capsys)
+    assert code == 2
+    assert stderr.count("\n") == 1 and message in stderr, stderr
+    assert stdout == "" and os.listdir(tmp_path) == []
+
+
+def test_the_entry_point_exits_2_with_one_stderr_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "byzbn.reproduce", "fig4", "--gammas", "0.5,-1", "--out",
+                           str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "--gammas: -1 is out of range" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_explains_every_flag():
+    parser = build_parser()
+    for figure in ("fig3", "fig4"):
+        sub = parser._subparsers._group_actions[0].choices[figure]
+        for action in sub._actions:
+            assert action.help, action.option_strings
+        text = sub.format_help()
+        for flag in ("--gammas", "--seeds", "--dataset", "--data-root", "--steps", "--device", "--out", "--width"):
+            assert flag in text
+    assert "--defenses" in parser._subparsers._group_actions[0].choices["fig4"].format_help()
+
+
+def test_aggregate_and_curves_of_hand_made_runs():
+    from byzbn.reproduce_report import aggregate, curves, format_tables
+
+    def entry(seed, final, best, status="ok"):
+        return {"gamma": 0.0, "scheme": "fbn", "label": "no defense", "seed": seed, "final_acc": final,
+                "best_acc": best, "status": status, "wall_s": 1.5}
+
+    rows = aggregate([entry(0, 0.2, 0.5), entry(1, 0.4, 0.7, status="diverged: non-finite parameters"),
+                      entry(2, 0.3, 0.6)])
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["seeds"] == [0, 1, 2] and row["diverged"] == 1 and row["wall_s"] == 4.5
+    assert row["final_mean"] == pytest.approx(0.3) and row["final_std"] == pytest.approx(0.1)
+    assert row["best_mean"] == pytest.approx(0.6) and row["best_std"] == pytest.approx(0.1)
+    config = {"seeds": 3, "clients": 5, "byzantine": 1, "attack": "sign-flip", "attack_fields": "mean",
+              "dataset": "digits", "steps": 3, "width": 0.125, "batch_size": 4, "gammas": [0.0],
+              "schemes": ["fbn"], "defenses": "median"}
+    table = format_tables("fig4", config, rows)
+    assert "| fbn | – | 30.0 ± 10.0 / 60.0 ± 10.0 (!1 diverged) | – |" in table
+
+    # A diverged run stops early: later steps average the seeds that reached them.
+    records = [{"gamma": 0.0, "scheme": "fbn", "label": "no attack", "step": step, "test_acc": acc}
+               for step, acc in ((0, 0.1), (5, 0.3), (0, 0.1), (5, 0.5), (10, 0.6))]
+    steps, mean, std = curves(records)[(0.0, "fbn", "no attack")]
+    assert steps == [0, 5, 10]
+    assert mean == pytest.approx([0.1, 0.4, 0.6])
+    assert std == pytest.approx([0.0, 2 ** 0.5 * 0.1, 0.0])
+
+
+def test_a_cell_killed_before_its_config_was_written_is_started_afresh(tiny_npz, tmp_path, capsys):
+    out = tmp_path / "fig3"
+    (out / "gamma-0" / "seed-0" / "checkpoints").mkdir(parents=True)  # run_plan's first two mkdirs, nothing more
+    code, _, stderr = run(fig3_args(tiny_npz, out, "--gammas", "0", "--schemes", "fbn"), capsys)
+    assert code == 0, stderr
+    assert (out / "gamma-0" / "seed-0" / "done.json").is_file()
+    stray = tmp_path / "stray"
+    (stray / "gamma-0" / "seed-0").mkdir(parents=True)
+    (stray / "gamma-0" / "seed-0" / "notes.txt").write_text("not a run")
+    code, _, stderr = run(fig3_args(tiny_npz, stray, "--gammas", "0", "--schemes", "fbn"), capsys)
+    assert code == 2 and stderr.count("\n") == 1 and "without config.json" in stderr
