@@ -13,44 +13,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from byzbn.attack_eval import build_parser, main
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def write_tiny_npz(path: Path, train: int = 400, test: int = 100, seed: int = 0) -> Path:
-    """Class k is a bright k-th row (mod 8) plus noise: learnable in a few dozen steps."""
-    rng = np.random.default_rng(seed)
-
-    def images(count):
-        labels = rng.integers(0, 10, count)
-        x = rng.integers(0, 60, (count, 8, 8))
-        x[np.arange(count), labels % 8, :] += 150
-        x[np.arange(count), :, labels // 8 * 7] += 60
-        return x.clip(0, 255).astype(np.uint8), labels.astype(np.int64)
-
-    x_train, y_train = images(train)
-    x_test, y_test = images(test)
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return path
 
 
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory) -> Path:
-    return write_tiny_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI box has 2 shared cores; tiny convolutions run faster, and far more predictably, on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_args(npz: Path, out: Path, *extra: str) -> list[str]:

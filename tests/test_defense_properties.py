@@ -9,7 +9,6 @@ Selections (median) must match exactly; averages to a tolerance of a few ulps pe
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -28,18 +27,6 @@ ROBUST = ("median", "trimmed-mean")
 PRES = (None, "nnm")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    """Run this module's tests with one torch intra-op thread, restoring the setting afterwards.
-
-    On a busy 2-core machine every parallelised CPU op on these tiny tensors waits milliseconds for
-    its second thread (F.batch_norm: ~50 ms vs 7 µs, assert_close: ~5 ms vs 75 µs), which would make
-    the 1000-example CI profile spend minutes in thread hand-offs.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def averaging_atol(x: torch.Tensor, dtype: torch.dtype) -> float:

@@ -19,18 +19,6 @@ PRES = (None, "nnm")
 NAN, INF = float("nan"), float("inf")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    """Run this module's tests with one torch intra-op thread, restoring the setting afterwards.
-
-    On a busy 2-core machine every parallelised CPU op on these tiny tensors waits milliseconds for
-    its second thread (F.batch_norm: ~50 ms vs 7 µs, assert_close: ~5 ms vs 75 µs), which would make
-    the 1000-example CI profile spend minutes in thread hand-offs.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def reference(x64: torch.Tensor, name: str, f: int, pre: str | None) -> torch.Tensor:

@@ -27,12 +27,6 @@ from byzbn.models import make_cnn, norm_layers
 from byzbn.schemes import make_scheme
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 N_CLIENTS, F_BYZ = 6, 2

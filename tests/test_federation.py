@@ -24,13 +24,6 @@ from byzbn.models import make_cnn, norm_layers
 from byzbn.norm import FederatedBatchNorm
 from byzbn.schemes import SCHEMES, make_scheme
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI box has 2 shared cores; tiny convolutions run faster, and far more predictably, on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 N_CLIENTS, F_BYZ = 6, 2

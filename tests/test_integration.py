@@ -10,38 +10,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from byzbn.attack_eval import main
 from byzbn.attacks import ATTACKS
 from byzbn.defenses import DEFENSES
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI box has 2 shared cores; tiny convolutions run faster, and far more predictably, on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory) -> Path:
-    rng = np.random.default_rng(0)
-
-    def images(count):
-        labels = rng.integers(0, 10, count)
-        x = rng.integers(0, 60, (count, 8, 8))
-        x[np.arange(count), labels % 8, :] += 150
-        return x.clip(0, 255).astype(np.uint8), labels.astype(np.int64)
-
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    (x_train, y_train), (x_test, y_test) = images(240), images(60)
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return path
 
 
 def _run(npz: Path, out: Path, *extra: str) -> dict:

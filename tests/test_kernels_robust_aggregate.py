@@ -39,13 +39,6 @@ NONFINITE = (float("nan"), float("inf"), float("-inf"))
 EPS = {torch.float32: torch.finfo(torch.float32).eps, torch.float64: torch.finfo(torch.float64).eps}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    """Tiny tensors on a busy 2-core machine: a second intra-op thread only adds hand-off latency."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def reference(x: torch.Tensor, f: int, rule: str, nnm: bool) -> torch.Tensor:

@@ -12,9 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from byzbn import attack_eval
 from byzbn.reproduce import build_parser, main
@@ -25,30 +23,8 @@ FIG3_SCHEMES = ("centralized", "naive", "fixbn", "fbn")
 FIG4_LABELS = ("no attack", "no defense", "nnm∘median", "nnm∘trimmed-mean")
 
 
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory) -> Path:
-    """Class k is a bright row k % 8 plus noise: learnable, so accuracies differ between seeds."""
-    rng = np.random.default_rng(0)
-
-    def images(count):
-        labels = rng.integers(0, 10, count)
-        x = rng.integers(0, 60, (count, 8, 8))
-        x[np.arange(count), labels % 8, :] += 150
-        x[np.arange(count), :, labels // 8 * 7] += 60
-        return x.clip(0, 255).astype(np.uint8), labels.astype(np.int64)
-
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    (x_train, y_train), (x_test, y_test) = images(240), images(60)
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def fig3_args(npz: Path, out: Path, *extra: str) -> list[str]:

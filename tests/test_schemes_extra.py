@@ -26,12 +26,6 @@ from byzbn.schemes import StatsChannel, make_scheme
 from byzbn.schemes_extra import differentiable_robust_merge, synchronize
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 N_CLIENTS, F_BYZ = 6, 2
