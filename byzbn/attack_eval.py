@@ -12,7 +12,7 @@ scenarios that share the data partition and the seed:
 no-attack only, and so does groupnorm under --target stats: it exchanges no statistics.) Schemes:
 
 {schemes}
-It prints finalIt prints final and best test accuracy per scheme × scenario and writes to --out:
+It prints final and best test accuracy per scheme × scenario and writes to --out:
 config.json, metrics.jsonl, summary.json, summary.csv, curves.png and checkpoints/.
 
 Every bad argument prints one line to stderr and exits with status 2 before anything is written.
