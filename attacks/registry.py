@@ -8,13 +8,13 @@ same inputs give the same rows, with honest's dtype and device.
 from __future__ import annotations
 
 import abc
-import inspect
 import math
 from typing import Callable, Optional
 
 import torch
 
 from byzbn._checks import check_f, check_int, check_matrix
+from byzbn._registry import check_parameters, file_class, keyword_parameters
 
 Defense = Callable[[torch.Tensor], torch.Tensor]
 
@@ -24,32 +24,17 @@ ATTACKS: dict[str, type["Attack"]] = {}
 def register(name: str):
     """Class decorator: file an Attack subclass in ATTACKS under `name` (names are unique)."""
 
-    def decorate(cls):
-        if name in ATTACKS:
-            raise ValueError(f"attack name {name!r} is already registered to {ATTACKS[name].__name__}")
-        if not (isinstance(cls, type) and issubclass(cls, Attack)):
-            raise ValueError(f"@register({name!r}) must decorate an Attack subclass, got {cls!r}")
-        cls.name = name
-        ATTACKS[name] = cls
-        return cls
-
-    return decorate
+    return lambda cls: file_class(ATTACKS, "attack", name, cls, Attack)
 
 
 def attack_parameters(name: str) -> list[str]:
     """The keyword parameters the attack `name` accepts (what make_attack validates against)."""
-    cls = _lookup(name)
-    sig = inspect.signature(cls.__init__)
-    return [p.name for p in sig.parameters.values() if p.name != "self"
-            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return keyword_parameters(_lookup(name))
 
 
 def make_attack(name: str, **params) -> "Attack":
     """Build the attack registered as `name` with keyword parameters `params` (validated)."""
-    valid = attack_parameters(name)
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for attack {name!r}: valid parameters are {valid}")
+    check_parameters("attack", name, params, attack_parameters(name))
     return ATTACKS[name](**params)
 
 

@@ -31,7 +31,6 @@ with the same momentum. The schemes other than the ones in this module live in b
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Optional
 
@@ -40,6 +39,7 @@ from torch import nn
 
 from byzbn import stats as bnstats
 from byzbn._checks import check_int
+from byzbn._registry import check_parameters, file_class, keyword_parameters
 from byzbn.norm import FederatedBatchNorm, configure
 
 SCHEMES: dict[str, type["Scheme"]] = {}
@@ -48,30 +48,19 @@ SCHEMES: dict[str, type["Scheme"]] = {}
 def register_scheme(name: str):
     """Class decorator: file a Scheme subclass in SCHEMES under `name` (names are unique)."""
 
-    def decorate(cls):
-        if name in SCHEMES:
-            raise ValueError(f"scheme name {name!r} is already registered to {SCHEMES[name].__name__}")
-        cls.name = name
-        SCHEMES[name] = cls
-        return cls
-
-    return decorate
+    return lambda cls: file_class(SCHEMES, "scheme", name, cls)
 
 
 def scheme_parameters(name: str) -> list[str]:
     """The keyword parameters (besides steps) that scheme `name` accepts."""
     if name not in SCHEMES:
         raise ValueError(f"unknown scheme {name!r}: valid schemes are {sorted(SCHEMES)}")
-    sig = inspect.signature(SCHEMES[name].__init__)
-    return [p for p in sig.parameters if p not in ("self", "steps")]
+    return keyword_parameters(SCHEMES[name], skip=("steps",))
 
 
 def make_scheme(name: str, steps: int, **params) -> "Scheme":
     """Build scheme `name` for a run of `steps` DSGD steps with validated keyword parameters."""
-    valid = scheme_parameters(name)
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for scheme {name!r}: valid parameters are {valid}")
+    check_parameters("scheme", name, params, scheme_parameters(name))
     return SCHEMES[name](steps, **params)
 
 

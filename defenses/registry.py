@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from byzbn._checks import check_f, check_matrix
+from byzbn._registry import check_parameters, file_class
 from byzbn.defenses import functional
 
 DEFENSES: dict[str, type["Defense"]] = {}
@@ -25,24 +26,16 @@ def _valid_names(registry: dict) -> list[str]:
 
 def register(cls: type["Defense"]) -> type["Defense"]:
     """Class decorator: add a Defense subclass to DEFENSES under its `name`."""
-    if cls.name in DEFENSES:
-        raise ValueError(f"defense name {cls.name!r} is already registered by {DEFENSES[cls.name].__name__}")
-    DEFENSES[cls.name] = cls
-    return cls
+    return file_class(DEFENSES, "defense", cls.name, cls)
 
 
 def register_pre(cls: type["PreAggregator"]) -> type["PreAggregator"]:
     """Class decorator: add a PreAggregator subclass to PRE_AGGREGATORS under its `name`."""
-    if cls.name in PRE_AGGREGATORS:
-        raise ValueError(f"pre-aggregator name {cls.name!r} is already registered by {PRE_AGGREGATORS[cls.name].__name__}")
-    PRE_AGGREGATORS[cls.name] = cls
-    return cls
+    return file_class(PRE_AGGREGATORS, "pre-aggregator", cls.name, cls)
 
 
 def _check_params(kind: str, name: str, params: dict[str, Any], valid: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for {kind} {name!r}: valid parameters are {sorted(valid)}")
+    check_parameters(kind, name, params, sorted(valid))
     return {**valid, **params}
 
 
