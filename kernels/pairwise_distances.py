@@ -11,8 +11,8 @@ distances, so NNM's ties (broken by the lower index) match the reference exactly
   columns), and writes its partial [n, n] sums; torch adds the few chunk partials. A row is non-finite
   exactly when its self-distance Σ (x_ik − x_ik)² is NaN (x − x is 0 for finite x, NaN for NaN/±Inf),
   so no separate pass over x is needed to find those rows.
-- torch (CPU): torch.pdist (exact vectorized differences, upper triangle only) on column chunks,
-  squared (so within a few ulps of the sum, order preserved) and added up in float64.
+- torch (CPU): float64 Gram matrices of column chunks (exact for float32 products and integer-valued
+  data, so exact ties stay ties), added up in float64.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from byzbn.kernels import _backend
 
 MAX_ROWS = 256           # the mixing kernel holds all n rows of a column block in registers (255 at n=256)
 MAX_COLS = 2**31 - 1     # d must fit the int32 argument
-CPU_CHUNK_ELEMENTS = 1 << 16   # n × columns per torch.pdist call on CPU (stays in L2)
+CPU_CHUNK_ELEMENTS = 1 << 18   # n × columns per Gram chunk on CPU (stays in L2)
 
 
 @triton.jit
@@ -112,22 +112,23 @@ def sq_distances_triton(x: torch.Tensor, **tuning) -> tuple[torch.Tensor, torch.
 
 
 def sq_distances_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dist [n, n] with the reference's semantics, finite [n] bool) via torch.pdist, in x's dtype.
+    """(dist [n, n] with the reference's semantics, finite [n] bool), in x's dtype.
 
-    On CPU pdist runs on column chunks that stay in cache (a pair at a time over whole rows streams
-    x from memory n/2 times); the chunks' squared distances add up in float64.
+    Squared distances ‖a‖² + ‖b‖² − 2a·b from float64 Gram matrices of column chunks that stay in cache,
+    summed in float64: products of float32 values are exact there, so data whose exact distances tie
+    (integers, duplicated rows) tie here too and NNM breaks the tie by index as the reference does
+    (a sqrt per chunk, as torch.pdist takes, rounds such ties apart).
     """
     n, d = x.shape
-    raw = torch.zeros(n, n, dtype=x.dtype, device=x.device)
-    if n > 1:
-        step = max(1, CPU_CHUNK_ELEMENTS // n) if x.device.type == "cpu" else d
-        acc = torch.zeros(n * (n - 1) // 2, dtype=torch.float64, device=x.device)
-        for c0 in range(0, d, step):
-            acc += torch.pdist(x[:, c0:c0 + step]).double().square_()
-        iu = torch.triu_indices(n, n, offset=1, device=x.device)
-        pd = acc.to(x.dtype)
-        raw[iu[0], iu[1]] = pd
-        raw[iu[1], iu[0]] = pd
+    step = max(1, CPU_CHUNK_ELEMENTS // n) if x.device.type == "cpu" else d
+    acc = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    for c0 in range(0, d, step):
+        chunk = x[:, c0:c0 + step].double()
+        gram = chunk @ chunk.T
+        sq = gram.diagonal()
+        acc += sq[:, None] + sq[None, :] - 2.0 * gram
+    acc.fill_diagonal_(0.0)
+    raw = acc.to(x.dtype)
     # A finite distance proves both rows finite; only rows without one need a look at their values.
     proven = torch.isfinite(raw).sum(dim=1) > 1
     finite = proven.clone()
