@@ -21,13 +21,16 @@ def finite_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
-    """[n, n] squared Euclidean distances, computed as Σ (x_i − x_j)² in x's dtype.
+    """[n, n] squared Euclidean distances Σ (x_i − x_j)², summed in float64 and returned in x's dtype.
 
-    Pairs involving a non-finite row are +inf, the diagonal is 0.
+    float64 keeps float32 distances correctly rounded, so every implementation that is that accurate
+    (the CPU fast path, and exact small-integer data on GPU) picks the same neighbours; a distance that
+    overflows x's dtype is +inf. Pairs involving a non-finite row are +inf, the diagonal is 0.
     """
     check_matrix("x", x)
     n = x.shape[0]
-    dist = torch.stack([((x - x[i]) ** 2).sum(dim=1) for i in range(n)])
+    xd = x.double()
+    dist = torch.stack([((xd - xd[i]) ** 2).sum(dim=1) for i in range(n)]).to(x.dtype)
     ok = finite_rows(x)
     far = ~(ok[:, None] & ok[None, :])
     dist = torch.where(far, torch.full_like(dist, float("inf")), dist)
