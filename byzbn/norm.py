@@ -259,19 +259,12 @@ def configure(layers: list[FederatedBatchNorm], *, mode: str | None = None, clie
         raise ValueError(f"stats_backend must be one of {list(STATS_BACKENDS)}, got {stats_backend!r}")
     if clients is not None and (isinstance(clients, bool) or not isinstance(clients, int) or clients < 1):
         raise ValueError(f"clients must be an int >= 1, got {clients!r}")
+    given = {name: value for name, value in dict(mode=mode, clients=clients, record=record,
+                                                   stats_backend=stats_backend, sink=sink, sync=sync).items()
+             if value is not None}
     for layer in layers:
-        if mode is not None:
-            layer.mode = mode
-        if clients is not None:
-            layer.clients = clients
-        if record is not None:
-            layer.record = record
-        if stats_backend is not None:
-            layer.stats_backend = stats_backend
-        if sink is not None:
-            layer.sink = sink
-        if sync is not None:
-            layer.sync = sync
+        for name, value in given.items():
+            setattr(layer, name, value)
 
 
 __all__ = ["MODES", "STATS_BACKENDS", "KernelMoments", "KernelClientBatchNorm", "client_moments", "FederatedBatchNorm",

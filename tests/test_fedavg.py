@@ -25,6 +25,7 @@ from byzbn.fedavg import FedAvgFederation
 from byzbn.federation import Federation, make_scenario
 from byzbn.models import make_cnn, norm_layers
 from byzbn.schemes import make_scheme
+from federation_data import client_data
 
 
 
@@ -37,11 +38,7 @@ SCHEMES = ["naive", "fbn", "fixbn", "fedtan", "hbn", "groupnorm"]
 
 
 def _data(samples_per_client: int = 20):
-    gen = torch.Generator().manual_seed(0)
-    total = H * samples_per_client
-    y = torch.arange(total) % 10
-    x = torch.randn(total, *SHAPE, generator=gen) + 0.5 * y.view(-1, 1, 1, 1).float()
-    return x, y, torch.arange(total).view(H, samples_per_client)
+    return client_data(H, SHAPE, samples_per_client)
 
 
 def _scenario(scenario, target, attack, defense):

@@ -23,6 +23,7 @@ from byzbn.federation import Federation, make_scenario, step_seed
 from byzbn.models import make_cnn, norm_layers
 from byzbn.norm import FederatedBatchNorm
 from byzbn.schemes import SCHEMES, make_scheme
+from federation_data import client_data
 
 
 
@@ -33,11 +34,7 @@ BATCH = 5
 
 
 def _data(samples_per_client: int = 20, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    total = H * samples_per_client
-    y = torch.arange(total) % 10
-    x = torch.randn(total, *SHAPE, generator=gen) + 0.5 * y.view(-1, 1, 1, 1).float()
-    return x, y, torch.arange(total).view(H, samples_per_client)
+    return client_data(H, SHAPE, samples_per_client, seed)
 
 
 def _federation(scheme_name: str, scenario: str = "attack+defense", target: str = "stats", attack: str = "alie",

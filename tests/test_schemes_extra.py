@@ -24,6 +24,7 @@ from byzbn.models import make_cnn, norm_layers
 from byzbn.norm import FederatedBatchNorm, HybridBatchNorm, configure
 from byzbn.schemes import StatsChannel, make_scheme
 from byzbn.schemes_extra import differentiable_robust_merge, synchronize
+from federation_data import client_data
 
 
 
@@ -134,11 +135,7 @@ def test_differentiable_robust_merge_equals_the_stats_robust_merge():
 
 
 def _data(samples_per_client: int = 20):
-    gen = torch.Generator().manual_seed(0)
-    total = H * samples_per_client
-    y = torch.arange(total) % 10
-    x = torch.randn(total, *SHAPE, generator=gen) + 0.5 * y.view(-1, 1, 1, 1).float()
-    return x, y, torch.arange(total).view(H, samples_per_client)
+    return client_data(H, SHAPE, samples_per_client)
 
 
 def _federation(scheme_name, scenario="no-attack", target="stats", attack="alie", defense="mean", steps=4,
