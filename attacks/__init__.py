@@ -1,15 +1,23 @@
-"""byzbn.attacks: the Byzantine attack rules (DESIGN.md §5) and their registry.
+"""byzbn.attacks: the Byzantine attack rules (DESIGN.md §5), their registry and the plugin contract (§9).
 
-    attack = make_attack("alie")                 # or ATTACKS["alie"](), validated parameters
-    rows = attack(honest, n, f, defense=None)    # [f, d] Byzantine rows for honest rows [n - f, d]
-    submission = attack_stats(stats, attack, n, f, fields="mean")   # BN statistics, n rows
+    attack = make_attack("alie")                             # or make_attack("gaussian", sigma=10.0)
+    context = AttackContext(n, f, defense=defense, generator=gen, step=step)
+    rows = attack(honest, context)                           # [f, d] Byzantine rows for honest rows [n − f, d]
+    rows = byzantine_rows(honest, attack, context)           # the same, checked; attack=None gives the no-op rows
+    submission = attack_stats(stats, attack, context, fields="mean")   # BN statistics, n rows
+
+A plugin adds an attack with `@register_attack("name")` on a class (`__init__(self, **params)`,
+`__call__(self, honest, context)`, or derive from Attack and implement `rows(honest, context)`) or on
+a plain function `fn(honest, context)`.
 """
-from byzbn.attacks.registry import ATTACKS, Attack, attack_parameters, make_attack, register
+from byzbn.attacks.context import AttackContext
+from byzbn.attacks.registry import ATTACKS, Attack, attack_parameters, make_attack, register, register_attack
 from byzbn.attacks.rules import (FOE_EPS, ALittleIsEnough, FallOfEmpires, GaussianNoise, InfFault, NaNFault,
                                  SignFlip, alie_z)
 from byzbn.attacks.optimal import OptimalALIE, OptimalFOE, OptimalScaleAttack
 from byzbn.attacks.stats_submission import FIELDS, NOOPS, attack_stats, byzantine_rows
 
-__all__ = ["ATTACKS", "Attack", "attack_parameters", "make_attack", "register", "FOE_EPS", "alie_z",
-           "SignFlip", "FallOfEmpires", "ALittleIsEnough", "GaussianNoise", "NaNFault", "InfFault",
-           "OptimalScaleAttack", "OptimalFOE", "OptimalALIE", "FIELDS", "NOOPS", "attack_stats", "byzantine_rows"]
+__all__ = ["AttackContext", "ATTACKS", "Attack", "attack_parameters", "make_attack",
+           "register_attack", "register", "FOE_EPS", "alie_z", "SignFlip", "FallOfEmpires", "ALittleIsEnough",
+           "GaussianNoise", "NaNFault", "InfFault", "OptimalScaleAttack", "OptimalFOE", "OptimalALIE", "FIELDS",
+           "NOOPS", "attack_stats", "byzantine_rows"]

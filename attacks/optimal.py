@@ -1,8 +1,8 @@
 """Optimal FOE and ALIE: the scale that moves the defended aggregate furthest (DESIGN.md §5).
 
 For a scale t the Byzantine rows are FOE's −t·mean(H) or ALIE's mean(H) − t·std(H); the attack
-maximises ‖D(cat(H, rows)) − mean(H)‖ over t for the defense D it is given. The objective is not
-unimodal in general (NNM and median switch neighbours/order at breakpoints), so the search first
+maximises ‖D(cat(H, rows)) − mean(H)‖ over t for the server's defense D (context.defense). The
+objective is not unimodal in general (NNM and median switch neighbours/order at breakpoints), so the search first
 brackets the best scale on a geometric grid in BOTH directions (t < 0 and t > 0, plus t = 0 and the
 classical scale), then refines the best few grid peaks inside their brackets by golden-section search.
 The returned scale is the best of every point evaluated, so the search never does worse than its grid
@@ -17,8 +17,9 @@ from typing import Callable, Optional
 import torch
 
 from byzbn._checks import check_int
-from byzbn.attacks.registry import (Attack, Defense, check_defense, check_submission, finite_float,
-                                    register, repeat_row)
+from byzbn.attacks.context import AttackContext
+from byzbn.attacks.registry import (Attack, check_submission, finite_float, register_attack, repeat_row,
+                                    require_defense)
 from byzbn.attacks.rules import FOE_EPS, alie_z, honest_std
 
 _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0
@@ -112,10 +113,11 @@ class OptimalScaleAttack(Attack):
     def classical_scale(self, n: int, f: int) -> Optional[float]:
         """The fixed attack's scale, evaluated as an anchor (None where it is undefined)."""
 
-    def distance(self, honest: torch.Tensor, f: int, defense: Defense, scale: float,
+    def distance(self, honest: torch.Tensor, context: AttackContext, scale: float,
                  honest_mean: Optional[torch.Tensor] = None,
                  line: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> float:
-        """‖D(cat(H, rows at scale)) − mean(H)‖ in float64; NaN (a defense swallowing overflow) counts as -inf.
+        """‖D(cat(H, rows at scale)) − mean(H)‖ in float64 for D = context.defense; NaN (a defense
+        swallowing overflow) counts as -inf.
 
         honest_mean (mean(H) in float64) and line (self.line(H)): precomputed when the caller evaluates
         many scales for the same H.
@@ -123,37 +125,37 @@ class OptimalScaleAttack(Attack):
         if honest_mean is None:
             honest_mean = honest.double().mean(dim=0)
         base, direction = self.line(honest) if line is None else line
-        x = torch.cat([honest, repeat_row(base + scale * direction, f)])
-        out = defense(x)
+        x = torch.cat([honest, repeat_row(base + scale * direction, context.f)])
+        out = context.defense(x)
         if not isinstance(out, torch.Tensor) or out.shape != (honest.shape[1],):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"defense must map [n, d] to a tensor of shape [d]={honest.shape[1]}, got {got}")
         value = float(torch.linalg.vector_norm(out.double() - honest_mean))
         return -math.inf if math.isnan(value) else value
 
-    def search(self, honest: torch.Tensor, n: int, f: int, defense: Defense) -> tuple[float, float]:
-        """(best scale, the distance it achieves) for these honest rows, n, f >= 1 and defense."""
-        f = check_submission(honest, n, f)
-        defense = check_defense(defense, True, f"attack {self.name!r}")
+    def search(self, honest: torch.Tensor, context: AttackContext) -> tuple[float, float]:
+        """(best scale, the distance it achieves) against context.defense, for context.f >= 1."""
+        f = check_submission(honest, context)
+        require_defense(f"attack {self.name!r}", context)
         if f == 0:
             raise ValueError(f"search needs f >= 1 Byzantine rows to place, got f={f}")
-        return self._search(honest, n, f, defense)
+        return self._search(honest, context)
 
-    def _search(self, honest, n, f, defense) -> tuple[float, float]:
-        classical = self.classical_scale(n, f)
+    def _search(self, honest, context) -> tuple[float, float]:
+        classical = self.classical_scale(context.n, context.f)
         honest_mean = honest.double().mean(dim=0)
         line = self.line(honest)
-        return bracketed_line_search(lambda t: self.distance(honest, f, defense, t, honest_mean, line),
+        return bracketed_line_search(lambda t: self.distance(honest, context, t, honest_mean, line),
                                      [] if classical is None else [classical],
                                      min_scale=self.min_scale, max_scale=self.max_scale,
                                      grid=self.grid, iters=self.iters, brackets=self.brackets)
 
-    def rows(self, honest, n, f, defense):
-        scale, _ = self._search(honest, n, f, defense)
-        return repeat_row(self.row_at(honest, scale), f)
+    def rows(self, honest, context):
+        scale, _ = self._search(honest, context)
+        return repeat_row(self.row_at(honest, scale), context.f)
 
 
-@register("optimal-foe")
+@register_attack("optimal-foe")
 class OptimalFOE(OptimalScaleAttack):
     """FOE rows −eps·mean(H) with eps (any real) chosen to maximise the defended aggregate's deviation."""
 
@@ -164,7 +166,7 @@ class OptimalFOE(OptimalScaleAttack):
         return FOE_EPS
 
 
-@register("optimal-alie")
+@register_attack("optimal-alie")
 class OptimalALIE(OptimalScaleAttack):
     """ALIE rows mean(H) − z·std(H) with z (any real) chosen to maximise the defended aggregate's deviation."""
 

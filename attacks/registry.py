@@ -1,47 +1,71 @@
-"""The attack registry and the base class every attack rule derives from (DESIGN.md §5, §8).
+"""The attack registry, the call contract every attack meets, and the base class of the built-in rules.
 
 An attack is built once (its parameters validated in `__init__`) and then called as
-`attack(honest, n, f, defense=None) -> Tensor[f, d]`: the rows the f Byzantine clients submit, given
-the honest rows `honest` [h, d] with h = n − f. Calls are pure: inputs are never mutated and the
-same inputs give the same rows, with honest's dtype and device.
+`attack(honest, context) -> Tensor[f, d]`: the rows the f Byzantine clients submit, given the honest
+rows `honest` [h, d] with h = n − f and the run's AttackContext (n, f, defense, generator, step, ...).
+Calls are pure apart from draws from context.generator: inputs are never mutated, and the rows have
+honest's dtype and device.
+
+Plugins register with `@register_attack(name)`: either a class (`__init__(self, **params)`,
+`__call__(self, honest, context)`; deriving from Attack gives validation, the f = 0 case and the output
+contract for free) or a plain function `fn(honest, context)` (wrapped in an Attack, so it gets the same
+checks; a function takes no parameters — use a class for those).
 """
 from __future__ import annotations
 
 import abc
+import inspect
 import math
-from typing import Callable, Optional
 
 import torch
 
-from byzbn._checks import check_f, check_int, check_matrix
-from byzbn._registry import check_parameters, file_class, keyword_parameters
+from byzbn._checks import check_matrix
+from byzbn._registry import (accepts_positional, check_parameters, file_class, keyword_parameters, lookup,
+                             required_parameters)
+from byzbn.attacks.context import AttackContext
 
-Defense = Callable[[torch.Tensor], torch.Tensor]
-
-ATTACKS: dict[str, type["Attack"]] = {}
+ATTACKS: dict[str, type] = {}
 
 
-def register(name: str):
-    """Class decorator: file an Attack subclass in ATTACKS under `name` (names are unique)."""
+def register_attack(name: str):
+    """Decorator: file an attack class (or a function fn(honest, context)) in ATTACKS under `name`.
 
-    return lambda cls: file_class(ATTACKS, "attack", name, cls, Attack)
+    Returns what it decorates unchanged, so a decorated function stays callable as written.
+    """
+
+    def decorate(obj):
+        if isinstance(obj, type) and issubclass(obj, Attack) and inspect.isabstract(obj):
+            raise ValueError(f"@register_attack({name!r}): {obj.__name__} does not implement rows(honest, context)")
+        if isinstance(obj, type) and (issubclass(obj, Attack) or
+                                      (_defines_call(obj) and accepts_positional(obj.__call__, 3))):
+            file_class(ATTACKS, "attack", name, obj)
+        elif not isinstance(obj, type) and callable(obj) and accepts_positional(obj, 2):
+            file_class(ATTACKS, "attack", name, _function_attack(obj))
+        else:
+            raise ValueError(f"@register_attack({name!r}) must decorate an Attack subclass, a class defining "
+                             f"__call__(self, honest, context) or a function fn(honest, context), got {obj!r}")
+        return obj
+
+    return decorate
+
+
+register = register_attack  # the name this decorator had before contexts; kept for existing plugins
+
+
+def _defines_call(cls: type) -> bool:
+    return any("__call__" in vars(k) for k in cls.__mro__ if k is not object)
 
 
 def attack_parameters(name: str) -> list[str]:
     """The keyword parameters the attack `name` accepts (what make_attack validates against)."""
-    return keyword_parameters(_lookup(name))
+    return keyword_parameters(lookup(ATTACKS, "attack", name))
 
 
-def make_attack(name: str, **params) -> "Attack":
+def make_attack(name: str, **params):
     """Build the attack registered as `name` with keyword parameters `params` (validated)."""
-    check_parameters("attack", name, params, attack_parameters(name))
-    return ATTACKS[name](**params)
-
-
-def _lookup(name) -> type["Attack"]:
-    if not isinstance(name, str) or name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}: valid attacks are {sorted(ATTACKS)}")
-    return ATTACKS[name]
+    cls = lookup(ATTACKS, "attack", name)
+    check_parameters("attack", name, params, keyword_parameters(cls), required_parameters(cls))
+    return cls(**params)
 
 
 def finite_float(name: str, value) -> float:
@@ -54,25 +78,34 @@ def finite_float(name: str, value) -> float:
     return value
 
 
-def check_submission(honest, n, f) -> int:
-    """Validate an attack call's honest rows [h, d] against n and f; returns f."""
+def check_submission(honest, context) -> int:
+    """Validate an attack call: honest rows [h, d] consistent with an AttackContext; returns f."""
+    if not isinstance(context, AttackContext):
+        raise ValueError(f"context must be a byzbn.attacks.AttackContext, got {type(context).__name__}")
     check_matrix("honest", honest)
-    check_int("n", n, 1)
-    check_f(f, n)
-    h = honest.shape[0]
-    if h != n - f:
-        raise ValueError(f"honest must have n - f = {n} - {f} = {n - f} rows, got {h} (shape {tuple(honest.shape)})")
+    n, f = context.n, context.f
+    if honest.shape[0] != n - f:
+        raise ValueError(f"honest must have n - f = {n} - {f} = {n - f} rows, got {honest.shape[0]} "
+                         f"(shape {tuple(honest.shape)})")
     return f
 
 
-def check_defense(defense, required: bool, who: str) -> Optional[Defense]:
-    if defense is None:
-        if required:
-            raise ValueError(f"{who} needs defense: a callable mapping the submission matrix [n, d] to [d], got None")
-        return None
-    if not callable(defense):
-        raise ValueError(f"defense must be None or a callable [n, d] -> [d], got {type(defense).__name__}")
-    return defense
+def require_defense(who: str, context: AttackContext) -> None:
+    """Raise ValueError unless the context carries the server's defense (what optimal attacks search against)."""
+    if context.defense is None:
+        raise ValueError(f"{who} needs defense: a callable mapping the submission matrix [n, d] to [d] in its "
+                         f"AttackContext, got None")
+
+
+def check_rows(who: str, rows, honest: torch.Tensor, f: int) -> torch.Tensor:
+    """The output contract: a tensor [f, d] with honest's dtype and device (ValueError otherwise)."""
+    want = (f, honest.shape[1])
+    if not isinstance(rows, torch.Tensor):
+        raise ValueError(f"{who} must return a torch.Tensor of shape {list(want)}, got {type(rows).__name__}")
+    if tuple(rows.shape) != want or rows.dtype != honest.dtype or rows.device != honest.device:
+        raise ValueError(f"{who} must return rows of shape {list(want)}, dtype {honest.dtype} on {honest.device}; "
+                         f"got shape {list(rows.shape)}, dtype {rows.dtype} on {rows.device}")
+    return rows
 
 
 def repeat_row(row: torch.Tensor, f: int) -> torch.Tensor:
@@ -81,23 +114,22 @@ def repeat_row(row: torch.Tensor, f: int) -> torch.Tensor:
 
 
 class Attack(abc.ABC):
-    """Base class: validation and the f = 0 case live here; subclasses implement `rows`."""
+    """Base class: validation, the f = 0 case and the output contract live here; subclasses implement `rows`."""
 
     name: str = ""
-    needs_defense: bool = False
+    needs_defense: bool = False  # True: the context must carry the server's defense (optimal attacks)
 
-    def __call__(self, honest: torch.Tensor, n: int, f: int, defense: Optional[Defense] = None) -> torch.Tensor:
-        f = check_submission(honest, n, f)
-        defense = check_defense(defense, self.needs_defense, f"attack {self.name!r}")
+    def __call__(self, honest: torch.Tensor, context: AttackContext) -> torch.Tensor:
+        f = check_submission(honest, context)
+        if self.needs_defense:
+            require_defense(f"attack {self.name!r}", context)
         if f == 0:
             return honest.new_empty((0, honest.shape[1]))
-        out = self.rows(honest, n, f, defense)
-        assert out.shape == (f, honest.shape[1]) and out.dtype == honest.dtype, (self.name, out.shape, out.dtype)
-        return out
+        return check_rows(f"attack {self.name!r}", self.rows(honest, context), honest, f)
 
     @abc.abstractmethod
-    def rows(self, honest: torch.Tensor, n: int, f: int, defense: Optional[Defense]) -> torch.Tensor:
-        """The f Byzantine rows [f, d] for validated inputs with f >= 1."""
+    def rows(self, honest: torch.Tensor, context: AttackContext) -> torch.Tensor:
+        """The f Byzantine rows [f, d] for validated inputs with context.f >= 1."""
 
     def params(self) -> dict:
         """The validated parameters this attack was built with, by name."""
@@ -106,3 +138,22 @@ class Attack(abc.ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"make_attack({self.name!r}{', ' if args else ''}{args})"
+
+
+class FunctionAttack(Attack):
+    """An attack registered as a plain function fn(honest, context) -> [f, d]; takes no parameters."""
+
+    fn = None  # set per registered function by _function_attack
+
+    def rows(self, honest, context):
+        return type(self).fn(honest, context)
+
+
+def _function_attack(fn) -> type:
+    # A class per function, so each registered function has its own name, docstring and repr.
+    return type(f"FunctionAttack[{getattr(fn, '__name__', 'fn')}]", (FunctionAttack,),
+                {"fn": staticmethod(fn), "__doc__": fn.__doc__, "__module__": getattr(fn, "__module__", __name__)})
+
+
+__all__ = ["ATTACKS", "Attack", "FunctionAttack", "register_attack", "register", "attack_parameters", "make_attack",
+           "finite_float", "check_submission", "require_defense", "check_rows", "repeat_row"]

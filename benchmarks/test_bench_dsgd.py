@@ -15,8 +15,8 @@ import torch
 
 from byzbn.attacks import make_attack
 from byzbn.defenses import make_defense
-from byzbn.federation import Federation, make_scenario
-from byzbn.models import make_cnn
+from byzbn.fl import Federation, make_scenario
+from byzbn.nn.models import make_cnn
 from byzbn.schemes import make_scheme
 
 N_CLIENTS = 16

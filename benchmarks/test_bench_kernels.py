@@ -1,10 +1,13 @@
-"""Throughput of byzbn.kernels: per-client BN statistics and robust aggregation (run with `pytest --benchmark`).
+"""Throughput of byzbn.kernels: per-client BN statistics, robust aggregation, NNM and the distances beneath
+(run with `pytest --benchmark`).
 
 Providers, fastest-hoped last (the baselines run first so later providers record their speedup):
 - statistics: `var_mean` (torch.var_mean(x, dim=(1, 3, 4)), one call), `var_mean_per_client` (one
   torch.var_mean per client), `torch` (byzbn's torch fast path), `triton` (CUDA only);
 - robust aggregation: `composite` (plain torch: cdist + topk + weight matrix @ x + sort), `torch`
-  (byzbn's torch fast path), `triton` (CUDA only).
+  (byzbn's torch fast path), `triton` (CUDA only);
+- NNM rows (nearest_neighbour_mixing) and squared distances (pairwise_sq_distances): `composite` /
+  `cdist` (torch.cdist based), `torch`, `triton` (CUDA only), at n = 32, d = 10^6 and n = 64, d = 2^20.
 Sizes: [16, 50, 64, 32, 32] activations; NNM + median at n ∈ {16, 64} × d ∈ {2^16, 2^20, 2^24} on CUDA
 (2^24 left out on CPU) and n = 32, d = 10^6 (the CPU target); NNM + trimmed mean and the median alone
 at n = 64, d = 2^20 (and the median alone at d = 2^24 on CUDA); f = ⌊(n − 1)/4⌋ outlying rows.
@@ -20,7 +23,8 @@ import time
 import pytest
 import torch
 
-from byzbn.kernels import client_stats, robust_aggregate
+from byzbn.kernels import client_stats, nearest_neighbour_mixing, robust_aggregate
+from byzbn.kernels.pairwise_distances import pairwise_sq_distances
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -138,3 +142,45 @@ def test_bench_robust_aggregate(benchmark, copy_gbps, provider, n, d, rule, nnm)
     _measure(benchmark, fn, case=("aggregate", rule, nnm, n, d), provider=provider,
              bytes_moved=passes * n * d * 4 + d * 4, copy_gbps=copy_gbps,
              rounds=20 if CUDA else (3 if n * d >= 2**25 else 5))
+
+
+NNM_SIZES = [(32, 10**6), (64, 2**20)]
+
+
+def _outlying_rows(n: int, d: int) -> tuple[torch.Tensor, int]:
+    f = (n - 1) // 4
+    x = torch.randn(n, d, device=DEVICE, generator=torch.Generator(device=DEVICE).manual_seed(0))
+    x[:f] += 10.0
+    return x, f
+
+
+def composite_nnm(x: torch.Tensor, f: int) -> torch.Tensor:
+    n = x.shape[0]
+    idx = torch.cdist(x, x).topk(n - f, dim=1, largest=False).indices
+    return torch.zeros(n, n, dtype=x.dtype, device=x.device).scatter_(1, idx, 1.0 / (n - f)) @ x
+
+
+@pytest.mark.parametrize("provider", ["composite", "torch", "triton"])
+@pytest.mark.parametrize("n, d", NNM_SIZES, ids=[f"n={n}-d={d}" for n, d in NNM_SIZES])
+def test_bench_nearest_neighbour_mixing(benchmark, copy_gbps, provider, n, d):
+    _skip_unless_runnable(provider)
+    x, f = _outlying_rows(n, d)
+    if provider == "composite":
+        fn = lambda: composite_nnm(x, f)  # noqa: E731
+    else:
+        fn = lambda: nearest_neighbour_mixing(x, f, backend=provider)  # noqa: E731
+    _measure(benchmark, fn, case=("nnm", n, d), provider=provider, bytes_moved=3 * n * d * 4,
+             copy_gbps=copy_gbps, rounds=20 if CUDA else 3)
+
+
+@pytest.mark.parametrize("provider", ["cdist", "torch", "triton"])
+@pytest.mark.parametrize("n, d", NNM_SIZES, ids=[f"n={n}-d={d}" for n, d in NNM_SIZES])
+def test_bench_pairwise_sq_distances(benchmark, copy_gbps, provider, n, d):
+    _skip_unless_runnable(provider)
+    x, _ = _outlying_rows(n, d)
+    if provider == "cdist":
+        fn = lambda: torch.cdist(x, x).square_()  # noqa: E731
+    else:
+        fn = lambda: pairwise_sq_distances(x, backend=provider)  # noqa: E731
+    _measure(benchmark, fn, case=("distances", n, d), provider=provider, bytes_moved=n * d * 4,
+             copy_gbps=copy_gbps, rounds=20 if CUDA else 5)

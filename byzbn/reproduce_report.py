@@ -1,7 +1,7 @@
 """Tables and plots of python -m byzbn.reproduce: mean ± std over seeds of the cells' attack_eval runs.
 
 Entries are attack_eval summary entries and records are its metrics.jsonl lines, both tagged with the
-cell's gamma, seed and scenario label (byzbn.reproduce). Everything is aggregated per
+cell's gamma, seed and scenario label (byzbn.cli.reproduce). Everything is aggregated per
 (gamma, scheme, label) over the seeds; the std is the sample std (ddof = 1), absent with one seed.
 """
 from __future__ import annotations
@@ -16,6 +16,11 @@ from typing import Optional
 from byzbn import results
 
 FIG4_FIXED_LABELS = ("no attack", "no defense")
+
+
+def defended_label(defense: str, pre: str) -> str:
+    """fig4's name of the attack+defense scenario: 'nnm∘median' (the pre-aggregators, then the rule)."""
+    return results.defense_label(pre, defense)
 
 
 def _mean_std(values: list[float]) -> tuple[float, Optional[float]]:
@@ -74,9 +79,15 @@ def gamma_text(g: float) -> str:
 def labels_of(figure: str, config: dict) -> list[str]:
     if figure == "fig3":
         return ["no attack"]
-    from byzbn.reproduce import defended_label
+    defenses = [d.strip() for d in config["defenses"].split(",") if d.strip()]
+    return list(FIG4_FIXED_LABELS) + [defended_label(d, config["pre"]) for d in defenses]
 
-    return list(FIG4_FIXED_LABELS) + [defended_label(d) for d in config["defenses"].split(",") if d.strip()]
+
+def _attacked(config: dict) -> str:
+    """What fig4's Byzantine clients attack, for the table's caption."""
+    stats = f"the BN {config['attack_fields']} (statistics channel)"
+    channel = {"stats": stats, "grads": "the gradients", "both": f"the gradients and {stats}"}[config["target"]]
+    return f"{config['attack']} on {channel}"
 
 
 def format_tables(figure: str, config: dict, rows: list[dict]) -> str:
@@ -84,8 +95,7 @@ def format_tables(figure: str, config: dict, rows: list[dict]) -> str:
     index = {(r["gamma"], r["scheme"], r["label"]): r for r in rows}
     seeds = config["seeds"]
     who = (f"n = {config['clients']}, f = 0" if figure == "fig3" else
-           f"n = {config['clients']}, f = {config['byzantine']}, {config['attack']} on the BN "
-           f"{config['attack_fields']} (statistics channel)")
+           f"n = {config['clients']}, f = {config['byzantine']}, {_attacked(config)}")
     lines = [f"Test accuracy (%) of the final / best evaluation, {'mean ± std over ' if seeds > 1 else ''}"
              f"{seeds} seed{'s' if seeds > 1 else ''}: {config['dataset']}, {who}, {config['steps']} steps, "
              f"width {config['width']:g}, batch {config['batch_size']} per client.", ""]
@@ -231,4 +241,5 @@ def write_report(out: Path, figure: str, config: dict, entries: list[dict], reco
     return table
 
 
-__all__ = ["aggregate", "curves", "format_tables", "plot_fig3", "plot_curves_grid", "write_report"]
+__all__ = ["FIG4_FIXED_LABELS", "defended_label", "aggregate", "curves", "format_tables", "plot_fig3",
+           "plot_curves_grid", "write_report"]

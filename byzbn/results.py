@@ -69,6 +69,11 @@ def run_key(scheme: str, scenario: str) -> str:
     return f"{scheme}__{scenario.replace('+', '_plus_')}"
 
 
+def defense_label(pre: str, rule: str) -> str:
+    """'nnm∘median': config.json's --pre (comma-separated, or 'none') in the order they apply, then the rule."""
+    return "∘".join([name for name in pre.split(",") if name and name != "none"] + [rule])
+
+
 def write_metrics(path: Path, records: Iterable[dict]) -> None:
     """metrics.jsonl: one JSON object per evaluation point, in run order then step order."""
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
@@ -153,4 +158,4 @@ def plot_curves(path: Path, records: list[dict], schemes: list[str], scenarios: 
 
 
 __all__ = ["SUMMARY_FIELDS", "atomic_write_text", "save_checkpoint", "load_checkpoint", "finite_or_none",
-           "run_key", "write_metrics", "write_summary", "format_table", "plot_curves"]
+           "run_key", "defense_label", "write_metrics", "write_summary", "format_table", "plot_curves"]

@@ -1,7 +1,8 @@
 """What a run's configuration (attack_eval's config.json) means: schemes, algorithm, and the Federation it builds.
 
-Shared by `python -m byzbn.attack_eval` and the tools built on it; every function takes the config
-dict (argparse's names, local_steps resolved) and raises ValueError with a one-line message.
+Shared by every command (byzbn.cli) and the tools built on it; every function takes the config dict
+(argparse's names, local_steps resolved) and raises ValueError with a one-line message, which the
+commands' validator reports as a bad argument.
 """
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ from typing import Optional
 
 import torch
 
-from byzbn.federation import Federation, make_scenario
-from byzbn.schemes import SCHEMES, make_scheme
-from byzbn.schemes_extra import DEFAULT_GROUPS
+from byzbn.fl.dsgd import Federation
+from byzbn.fl.fedavg import FedAvgFederation
+from byzbn.fl.scenario import make_scenario
+from byzbn.nn.models import make_cnn
+from byzbn.schemes import DEFAULT_GROUPS, SCHEMES, make_scheme
 
 ALGORITHMS = ("dsgd", "fedavg")
 DEFAULT_FEDAVG_LOCAL_STEPS = 5
 # Arguments added after config.json files were first written: a saved config without them ran with
 # these values, so --resume treats a missing key as this value.
-ADDED_DEFAULTS = {"algorithm": "dsgd", "local_steps": 1, "reset_client_momentum": False, "groups": DEFAULT_GROUPS}
+ADDED_DEFAULTS = {"algorithm": "dsgd", "local_steps": 1, "reset_client_momentum": False, "groups": DEFAULT_GROUPS,
+                  "plugins": []}
 
 SCHEME_SUMMARY = """\
     centralized  BN on the union of the honest batches, one machine (reference upper bound, no attack,
@@ -91,8 +95,6 @@ def check_statistics_target(schemes: list[str], attacking: bool, target: str) ->
 
 def dry_build(name: str, config: dict, dataset) -> None:
     """Build scheme `name`'s model once (on CPU, thrown away) so that a bad combination fails early."""
-    from byzbn.models import make_cnn
-
     scheme = make_scheme(name, scheme_steps(name, config), **scheme_params(name, config))
     try:
         make_cnn(dataset.input_shape, dataset.num_classes, config["width"], norm=scheme.make_norm)
@@ -103,9 +105,6 @@ def dry_build(name: str, config: dict, dataset) -> None:
 def build_federation(config: dict, name: str, scenario_name: str, dataset, client_indices: torch.Tensor,
                      device: torch.device, attack, defense) -> Federation:
     """The Federation (DSGD) or FedAvgFederation of one scheme × scenario run, model seeded by config['seed']."""
-    from byzbn.fedavg import FedAvgFederation
-    from byzbn.models import make_cnn
-
     c = config
     scheme = make_scheme(name, scheme_steps(name, c), **scheme_params(name, c))
     scenario = make_scenario(scenario_name, c["clients"], c["byzantine"], attack, defense,

@@ -1,27 +1,22 @@
-"""byzbn.defenses: robust aggregation rules (DESIGN.md §6) and their registries.
+"""byzbn.defenses: robust aggregation rules, pre-aggregators (DESIGN.md §6) and their registries (§9).
 
     from byzbn.defenses import make_defense
-    agg = make_defense("median", f=2, pre="nnm")   # nnm∘median(f=2)
+    agg = make_defense("median", f=2, pre="nnm")   # nnm∘median(f=2): NNM, then the coordinate-wise median
     out = agg(x)                                   # x [n, d] -> [d]
 
-`functional` holds the plain-torch reference semantics the kernels are tested against.
+A plugin adds a rule with `@register_aggregator("name")` or a pre-aggregator with
+`@register_pre_aggregator("name")` (see byzbn.defenses.registry for the contract); make_defense then
+builds it by name. `functional` holds the plain-torch reference semantics the kernels are tested against.
 """
 from byzbn.defenses import functional
-from byzbn.defenses.registry import (
-    DEFENSES,
-    PRE_AGGREGATORS,
-    CoordinateMedian,
-    Defense,
-    Mean,
-    NearestNeighbourMixing,
-    PreAggregator,
-    TrimmedMean,
-    make_defense,
-    register,
-    register_pre,
-)
+from byzbn.defenses.registry import (AGGREGATORS, DEFENSES, PRE_AGGREGATORS, Aggregator, PreAggregator,
+                                     aggregator_parameters, pre_aggregator_parameters, register_aggregator,
+                                     register_pre_aggregator)
+from byzbn.defenses.rules import CoordinateMedian, Mean, NearestNeighbourMixing, TrimmedMean
+from byzbn.defenses.defense import Defense, make_defense
 
 __all__ = [
-    "DEFENSES", "PRE_AGGREGATORS", "CoordinateMedian", "Defense", "Mean", "NearestNeighbourMixing",
-    "PreAggregator", "TrimmedMean", "functional", "make_defense", "register", "register_pre",
+    "AGGREGATORS", "PRE_AGGREGATORS", "DEFENSES", "register_aggregator", "register_pre_aggregator",
+    "aggregator_parameters", "pre_aggregator_parameters", "Aggregator", "PreAggregator", "Mean",
+    "CoordinateMedian", "TrimmedMean", "NearestNeighbourMixing", "Defense", "make_defense", "functional",
 ]

@@ -1,139 +1,118 @@
-"""Registries of robust aggregation rules and pre-aggregators (DESIGN.md §6, §8).
+"""Registries of aggregation rules and pre-aggregators: the plugin contract of DESIGN.md §9.
 
-A defense is a small callable: it validates f, the pre-aggregator and its parameters in `__init__`,
-checks the bounds that need the row count n at call time, and maps a submission matrix [n, d] to
-one vector [d]. The computation itself is delegated to `byzbn.kernels.robust_aggregate`, so CUDA
-inputs run the fused Triton kernel and everything else the torch path, with one semantics.
+A rule is a callable class, ByzFL style:
+
+    @register_aggregator("my-rule")
+    class MyRule:
+        def __init__(self, f, beta=0.5): ...      # f from the federation; parameters by name, with defaults
+        def __call__(self, x): ...                # x [n, d] -> [d], x not mutated, same dtype and device
+
+A pre-aggregator is the same with `__call__(x) -> [m, d]`. Parameters are read from `__init__`'s
+signature (named parameters only: a `**kwargs` catch-all declares none), so make_defense validates
+them and lists the valid ones. Optional methods, which the bases below provide:
+
+- `check_n(n)`: raise ValueError naming f and its valid range when the object cannot run on n rows
+  (without it, 0 <= f <= n is required);
+- `output_rows(n)` (pre-aggregators): the row count m it returns for n rows (without it, m = n).
+
+Deriving from Aggregator / PreAggregator gives f's validation, check_n and a repr.
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+import inspect
+from typing import ClassVar
 
 import torch
 
-from byzbn._checks import check_f, check_matrix
-from byzbn._registry import check_parameters, file_class
-from byzbn.defenses import functional
+from byzbn._checks import check_f
+from byzbn._registry import accepts_positional, file_class, keyword_parameters, lookup
 
-DEFENSES: dict[str, type["Defense"]] = {}
-PRE_AGGREGATORS: dict[str, type["PreAggregator"]] = {}
-
-
-def _valid_names(registry: dict) -> list[str]:
-    return sorted(registry)
+AGGREGATORS: dict[str, type] = {}
+PRE_AGGREGATORS: dict[str, type] = {}
+DEFENSES = AGGREGATORS  # the registry's name before pre-aggregators had their own
 
 
-def register(cls: type["Defense"]) -> type["Defense"]:
-    """Class decorator: add a Defense subclass to DEFENSES under its `name`."""
-    return file_class(DEFENSES, "defense", cls.name, cls)
+def _check_plugin_class(decorator: str, name: str, cls) -> None:
+    what = f"@{decorator}({name!r}) must decorate a class with __init__(self, f, **params) and __call__(self, x)"
+    if not isinstance(cls, type):
+        raise ValueError(f"{what}, got {cls!r}")
+    if not any("__call__" in vars(k) for k in cls.__mro__ if k is not object) or not accepts_positional(
+            cls.__call__, 2):
+        raise ValueError(f"{what}: {cls.__name__} has no __call__(self, x)")
+    if "f" not in inspect.signature(cls.__init__).parameters:
+        raise ValueError(f"{what}: {cls.__name__}.__init__ takes no parameter f")
 
 
-def register_pre(cls: type["PreAggregator"]) -> type["PreAggregator"]:
-    """Class decorator: add a PreAggregator subclass to PRE_AGGREGATORS under its `name`."""
-    return file_class(PRE_AGGREGATORS, "pre-aggregator", cls.name, cls)
+def register_aggregator(name: str):
+    """Class decorator: file an aggregation rule ([n, d] -> [d]) in AGGREGATORS under `name` (unique)."""
+
+    def decorate(cls):
+        _check_plugin_class("register_aggregator", name, cls)
+        return file_class(AGGREGATORS, "aggregator", name, cls)
+
+    return decorate
 
 
-def _check_params(kind: str, name: str, params: dict[str, Any], valid: dict[str, Any]) -> dict[str, Any]:
-    check_parameters(kind, name, params, sorted(valid))
-    return {**valid, **params}
+def register_pre_aggregator(name: str):
+    """Class decorator: file a pre-aggregator ([n, d] -> [m, d]) in PRE_AGGREGATORS under `name` (unique)."""
+
+    def decorate(cls):
+        _check_plugin_class("register_pre_aggregator", name, cls)
+        return file_class(PRE_AGGREGATORS, "pre-aggregator", name, cls)
+
+    return decorate
 
 
-class PreAggregator(ABC):
-    """Maps the submission matrix [n, d] to mixed rows [n, d] before the coordinate-wise rule."""
+def aggregator_class(name: str) -> type:
+    """The class registered as aggregator `name` (ValueError listing the valid names otherwise)."""
+    return lookup(AGGREGATORS, "aggregator", name)
 
-    name: ClassVar[str]
-    PARAMS: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, f: int, **params):
+def pre_aggregator_class(name: str) -> type:
+    """The class registered as pre-aggregator `name` (ValueError listing the valid names otherwise)."""
+    return lookup(PRE_AGGREGATORS, "pre-aggregator", name)
+
+
+def aggregator_parameters(name: str) -> list[str]:
+    """The keyword parameters (besides f) that aggregator `name` accepts."""
+    return keyword_parameters(aggregator_class(name), skip=("f",))
+
+
+def pre_aggregator_parameters(name: str) -> list[str]:
+    """The keyword parameters (besides f) that pre-aggregator `name` accepts."""
+    return keyword_parameters(pre_aggregator_class(name), skip=("f",))
+
+
+class Aggregator:
+    """Optional base of an aggregation rule: validates f, checks 0 <= f <= n; subclasses implement __call__."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, f: int):
         self.f = check_f(f)
-        self.params = _check_params("pre-aggregator", self.name, params, self.PARAMS)
 
     def check_n(self, n: int) -> None:
-        """Raise ValueError if this pre-aggregator cannot run on n rows."""
-        check_f(self.f, n, self.name)
+        """Raise ValueError naming f and its valid range if this rule cannot run on n rows."""
+        check_f(self.f, n)
 
-    @abstractmethod
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Mixed rows [n, d] of x [n, d]; x is not mutated."""
+        raise NotImplementedError(f"{type(self).__name__} must implement __call__(x [n, d]) -> [d]")
 
     def __repr__(self) -> str:
         return f"{self.name}(f={self.f})"
 
 
-@register_pre
-class NearestNeighbourMixing(PreAggregator):
-    """NNM: row i ← mean of the n−f rows nearest to row i (itself included)."""
+class PreAggregator(Aggregator):
+    """Optional base of a pre-aggregator: as Aggregator, mapping [n, d] to [output_rows(n), d]."""
 
-    name = "nnm"
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        check_matrix("x", x)
-        self.check_n(x.shape[0])
-        return functional.nnm(x, self.f)
-
-
-class Defense:
-    """A robust aggregation rule, optionally preceded by a pre-aggregator: [n, d] → [d].
-
-    Subclasses set `name` (the registry key, also the `rule` understood by robust_aggregate) and
-    `PARAMS` (parameter name → default; none of the built-in rules takes any).
-    """
-
-    name: ClassVar[str]
-    PARAMS: ClassVar[dict[str, Any]] = {}
-
-    def __init__(self, f: int, pre: str | None = None, **params):
-        self.f = check_f(f)
-        if pre is not None and pre not in PRE_AGGREGATORS:
-            raise ValueError(f"pre must be None or one of {_valid_names(PRE_AGGREGATORS)}, got {pre!r}")
-        self.pre = pre
-        self.params = _check_params("defense", self.name, params, self.PARAMS)
-
-    def check_n(self, n: int) -> None:
-        """Raise ValueError naming f and its valid range if this defense cannot run on n rows."""
-        check_f(self.f, n, self.name if self.name != "mean" else "")
-        if self.pre is not None:
-            PRE_AGGREGATORS[self.pre](self.f).check_n(n)
+    def output_rows(self, n: int) -> int:
+        """The number of rows returned for n input rows."""
+        return n
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # Imported here: byzbn.kernels imports byzbn.defenses.functional, and importing the
-        # kernels (Triton) is only needed once something is aggregated.
-        from byzbn.kernels import robust_aggregate
-
-        check_matrix("x", x)
-        self.check_n(x.shape[0])
-        return robust_aggregate(x, self.f, self.name, nnm=self.pre == "nnm")
-
-    def __repr__(self) -> str:
-        prefix = f"{self.pre}∘" if self.pre is not None else ""
-        extra = "".join(f", {k}={v!r}" for k, v in self.params.items())
-        return f"{prefix}{self.name}(f={self.f}{extra})"
+        raise NotImplementedError(f"{type(self).__name__} must implement __call__(x [n, d]) -> [m, d]")
 
 
-@register
-class Mean(Defense):
-    """Coordinate-wise mean: no robustness (the baseline); with pre='nnm', NNM then mean."""
-
-    name = "mean"
-
-
-@register
-class CoordinateMedian(Defense):
-    """Coordinate-wise median (even row count: mean of the two middle values); needs f < n/2."""
-
-    name = "median"
-
-
-@register
-class TrimmedMean(Defense):
-    """Coordinate-wise mean after dropping the f largest and f smallest values; needs 2f < n."""
-
-    name = "trimmed-mean"
-
-
-def make_defense(name: str, f: int, pre: str | None = "nnm", **params) -> Defense:
-    """Build the registered defense `name` tolerating f Byzantine rows, preceded by `pre` (or None)."""
-    if name not in DEFENSES:
-        raise ValueError(f"name must be one of {_valid_names(DEFENSES)}, got {name!r}")
-    return DEFENSES[name](f, pre=pre, **params)
+__all__ = ["AGGREGATORS", "PRE_AGGREGATORS", "DEFENSES", "register_aggregator", "register_pre_aggregator",
+           "aggregator_class", "pre_aggregator_class", "aggregator_parameters", "pre_aggregator_parameters",
+           "Aggregator", "PreAggregator"]

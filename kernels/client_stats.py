@@ -15,8 +15,8 @@ precision.
   [b, C, S] tiles of one client. About 10x faster than torch.var_mean(x, dim=(1, 3, 4)) on CPU.
 
 Accumulation is fp32 for fp16/bf16/fp32 inputs and fp64 for fp64, as in byzbn.stats.client_stats (the
-reference these paths are tested against). No autograd here: byzbn.norm.KernelMoments adds the analytic
-backward; when x requires grad, backend "auto"/"torch" compute the differentiable reference instead.
+reference these paths are tested against). No autograd here: byzbn.nn.functional.KernelMoments adds the
+analytic backward; when x requires grad, backend "auto"/"torch" compute the differentiable reference instead.
 """
 from __future__ import annotations
 
@@ -103,11 +103,9 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _merge_parts(count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, dim: int):
-    """Merge partial (count, mean, M2) along dim into (mean, biased var): two passes over the parts."""
-    total = count.sum(dim, keepdim=True)
-    merged = (count * mean).sum(dim, keepdim=True) / total
-    m2_all = m2.sum(dim, keepdim=True) + (count * (mean - merged) ** 2).sum(dim, keepdim=True)
-    return merged.squeeze(dim), (m2_all / total).squeeze(dim)
+    """Merge partial (count, mean, M2) along dim into (mean, biased var): byzbn.stats.merge_moments, the
+    one law-of-total-variance merge (two passes over the parts, int64 counts)."""
+    return stats.merge_moments(count, mean, m2 / count, dim)
 
 
 def tile_shape(b: int, c: int, s: int) -> tuple[int, int, int]:
@@ -142,7 +140,7 @@ def _client_stats_triton(x: torch.Tensor, splits: int | None = None) -> tuple[to
     if splits == 1:
         return pilot + means[0], m2s[0] / (b * s)
     per_split = torch.tensor([min(b_per_split, b - i * b_per_split) * s for i in range(splits)],
-                             dtype=acc, device=x.device).view(splits, 1, 1)
+                             dtype=torch.int64, device=x.device).view(splits, 1, 1)
     mean, var = _merge_parts(per_split, means, m2s, dim=0)
     return pilot + mean, var
 
@@ -187,7 +185,7 @@ def _tile_moments(xc: torch.Tensor, acc: torch.dtype) -> tuple[torch.Tensor, tor
         counts.append(k)
         means.append(m)
         m2s.append(dev.sum(dim=0).sum(dim=1))
-    count = torch.tensor(counts, dtype=torch.float64, device=xc.device)[:, None]
+    count = torch.tensor(counts, dtype=torch.int64, device=xc.device)[:, None]
     return count, pilot.double() + torch.stack(means).double(), torch.stack(m2s).double()
 
 
@@ -199,7 +197,7 @@ def _client_stats_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.contiguous()
     if s >= CPU_LONG_SEGMENT:
         seg_mean, seg_m2 = _segment_moments(x.view(n * b * c, s), acc)
-        count = torch.full((1, b, 1), float(s), dtype=torch.float64, device=x.device)
+        count = torch.full((1, b, 1), s, dtype=torch.int64, device=x.device)
         mean, var = _merge_parts(count, seg_mean.view(n, b, c), seg_m2.double().view(n, b, c), dim=1)
         return mean.to(acc), var.to(acc)
     means, variances = [], []
@@ -221,7 +219,7 @@ def client_stats(x: torch.Tensor, backend: str = "auto") -> stats.ClientStats:
     _check_activations(x)
     grad = _backend.needs_grad(x)
     chosen = _backend.choose(backend, x, _client_stats_kernel,
-                             "the Triton kernel has no autograd (wrap it as byzbn.norm.KernelMoments does)"
+                             "the Triton kernel has no autograd (wrap it as byzbn.nn.functional.KernelMoments does)"
                              if grad else None)
     if chosen == "torch" and grad:
         return stats.client_stats(x)

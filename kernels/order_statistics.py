@@ -89,7 +89,7 @@ def sorted_rows(y: torch.Tensor, outputs: tuple[int, ...], nan_possible: bool = 
 
 
 def median(y: torch.Tensor, nan_possible: bool = True) -> torch.Tensor:
-    """Coordinate-wise median of y [n, m], exactly as byzbn.defenses.functional.coordinate_median."""
+    """Coordinate-wise median of y [n, m], exactly as byzbn.kernels.reference.coordinate_median."""
     n = y.shape[0]
     k = n // 2
     if n % 2:

@@ -1,9 +1,10 @@
 """Pairwise squared Euclidean distances between the rows of a submission matrix x [n, d], for NNM.
 
-Semantics of byzbn.defenses.functional.pairwise_sq_distances: Σ_k (x_ik − x_jk)² from exact differences
-(never ‖x_i‖² + ‖x_j‖² − 2⟨x_i, x_j⟩, whose cancellation would reorder close neighbours), +inf for pairs
+Semantics of byzbn.kernels.reference.pairwise_sq_distances: Σ_k (x_ik − x_jk)², +inf for pairs
 involving a row with a NaN/±Inf, 0 on the diagonal. Rows with equal values get bitwise equal
-distances, so NNM's ties (broken by the lower index) match the reference exactly.
+distances, so NNM's ties (broken by the lower index) match the reference exactly. Neither path forms
+‖x_i‖² + ‖x_j‖² − 2⟨x_i, x_j⟩ of the raw values: at values ~3e3 with spread 1e-3 its cancellation
+leaves nothing of the distances and reorders the neighbours.
 
 - Triton (CUDA): one program per (chunk of columns, tile pair of 32 rows × 32 rows), only the tiles on
   or above the diagonal (the distance is symmetric). Each program sums [rows, rows, BLOCK_K]
@@ -11,8 +12,15 @@ distances, so NNM's ties (broken by the lower index) match the reference exactly
   columns), and writes its partial [n, n] sums; torch adds the few chunk partials. A row is non-finite
   exactly when its self-distance Σ (x_ik − x_ik)² is NaN (x − x is 0 for finite x, NaN for NaN/±Inf),
   so no separate pass over x is needed to find those rows.
-- torch (CPU): float64 Gram matrices of column chunks (exact for float32 products and integer-valued
-  data, so exact ties stay ties), added up in float64.
+- torch (CPU), float32: per cache-sized column chunk, the rows minus one central row (in float64,
+  where the difference of two float32 values is exact), then ‖a‖² + ‖b‖² − 2a·b from their float64
+  Gram matrix, summed over chunks in float64. Translation keeps distances, and around a central row
+  the Gram cancels only the spread, not the offset; integer-valued data stay exact, so exact ties stay
+  ties. O(n·chunk) extra memory, about 10 % slower than the Gram of the raw values.
+- torch, float64: products of float64 values are not exact, so no Gram can keep the reference's ties
+  (rows that tie in exact arithmetic tie there because both sums add the same rounded squares): the
+  reference's own arithmetic, Σ (x_j − x_i)² one row i at a time into a reused [n, d] buffer, which
+  gives its values bit for bit (n passes over x: 1.6 s against 0.11 s for a float64 Gram at n = 32, d = 10^6).
 """
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ import triton.language as tl
 
 from byzbn._checks import check_matrix
 from byzbn._threads import one_cpu_thread
-from byzbn.kernels import _backend
+from byzbn.kernels import _backend, reference
 
 MAX_ROWS = 256           # the mixing kernel holds all n rows of a column block in registers (255 at n=256)
 MAX_COLS = 2**31 - 1     # d must fit the int32 argument
@@ -111,24 +119,72 @@ def sq_distances_triton(x: torch.Tensor, **tuning) -> tuple[torch.Tensor, torch.
     return _finalize(raw, finite), finite
 
 
-def sq_distances_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dist [n, n] with the reference's semantics, finite [n] bool), in x's dtype.
+def _chunk_sq_distances(chunk: torch.Tensor, centre: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """float64 [n, n] Σ (a − b)² over chunk's columns from the Gram matrix of chunk − centre (exact shift).
 
-    Squared distances ‖a‖² + ‖b‖² − 2a·b from float64 Gram matrices of column chunks that stay in cache,
-    summed in float64: products of float32 values are exact there, so data whose exact distances tie
-    (integers, duplicated rows) tie here too and NNM breaks the tie by index as the reference does
-    (a sqrt per chunk, as torch.pdist takes, rounds such ties apart).
+    buf: a float64 [n, >= chunk's columns] scratch tensor, reused across chunks: a fresh 2 MB tensor per
+    chunk is returned to the OS and faulted in again every time (measured 3x slower in total).
+    """
+    z = buf[:, :chunk.shape[1]]
+    z.copy_(chunk).sub_(centre.double())     # in float64: the float32 difference would round
+    gram = z @ z.T
+    sq = gram.diagonal()
+    return sq[:, None] + sq[None, :] - 2.0 * gram
+
+
+def _difference_sq_distances(x: torch.Tensor) -> torch.Tensor:
+    """[n, n] Σ (x_j − x_i)², row i at a time, with the reference's operations (its values bit for bit)."""
+    n = x.shape[0]
+    out = torch.empty(n, n, dtype=x.dtype, device=x.device)
+    buf = torch.empty_like(x)
+    for i in range(n):
+        torch.sub(x, x[i], out=buf).square_()
+        torch.sum(buf, dim=1, out=out[i])
+    return out
+
+
+def _median_distances(part: torch.Tensor) -> torch.Tensor:
+    """[n] each row's median distance to the rows (NaN counts as far): small for rows inside the cluster."""
+    return part.nan_to_num(nan=float("inf")).median(dim=1).values
+
+
+def _shifted_gram_sq_distances(x: torch.Tensor) -> torch.Tensor:
+    """float64 [n, n] distances of float32 rows from Gram matrices of chunks shifted by a central row.
+
+    The centre carries over from chunk to chunk (row 0 to start); a chunk in which it lies far from
+    the others (an outlying centre would bring the cancellation back) is recomputed around the chunk's
+    most central row (smallest median distance), so outlying rows cannot degrade the others' distances.
     """
     n, d = x.shape
     step = max(1, CPU_CHUNK_ELEMENTS // n) if x.device.type == "cpu" else d
     acc = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    buf = torch.empty(n, min(step, d), dtype=torch.float64, device=x.device)
+    centre = 0
     for c0 in range(0, d, step):
-        chunk = x[:, c0:c0 + step].double()
-        gram = chunk @ chunk.T
-        sq = gram.diagonal()
-        acc += sq[:, None] + sq[None, :] - 2.0 * gram
-    acc.fill_diagonal_(0.0)
-    raw = acc.to(x.dtype)
+        chunk = x[:, c0:c0 + step]
+        part = _chunk_sq_distances(chunk, chunk[centre].nan_to_num(0.0, 0.0, 0.0), buf)
+        spread = _median_distances(part)
+        best = int(spread.argmin())
+        if best != centre and spread[centre] > 4.0 * spread[best]:
+            centre = best
+            part = _chunk_sq_distances(chunk, chunk[centre].nan_to_num(0.0, 0.0, 0.0), buf)
+        acc += part
+    return acc
+
+
+def sq_distances_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dist [n, n] with the reference's semantics, finite [n] bool), in x's dtype.
+
+    float32: the shifted Gram path, float64: the reference's difference sums (see the module docstring).
+    Both keep exact ties exact (integers, duplicated rows), so NNM breaks them by index as the
+    reference does (a sqrt per chunk, as torch.pdist takes, would round such ties apart), and both
+    keep values ~1e4 with spread 1e-3 apart (the raw values' Gram would cancel them away).
+    """
+    if x.dtype == torch.float64:
+        raw = _difference_sq_distances(x.contiguous())
+    else:
+        raw = _shifted_gram_sq_distances(x).to(x.dtype)
+    raw.fill_diagonal_(0.0)
     # A finite distance proves both rows finite; only rows without one need a look at their values.
     proven = torch.isfinite(raw).sum(dim=1) > 1
     finite = proven.clone()
@@ -159,8 +215,6 @@ def pairwise_sq_distances(x: torch.Tensor, backend: str = "auto") -> torch.Tenso
     if chosen == "triton":
         return sq_distances_triton(x)[0]
     if _backend.needs_grad(x):
-        from byzbn.defenses import functional as F
-
-        return F.pairwise_sq_distances(x)
+        return reference.pairwise_sq_distances(x)
     with torch.no_grad(), one_cpu_thread(x.device):
         return sq_distances_torch(x)[0]

@@ -1,12 +1,12 @@
 """Robust aggregation of a submission matrix x [n, d] into [d]: optional NNM, then mean / median / trimmed mean.
 
-Semantics of byzbn.defenses.functional (nnm, mean, coordinate_median, trimmed_mean), including
+Semantics of byzbn.kernels.reference (nnm, mean, coordinate_median, trimmed_mean), including
 non-finite rows: NNM sees them infinitely far (ties to the lower index), a mixed row is the IEEE mean of
 its n − f selected rows, the median and trimmed mean sort -Inf first and NaN last.
 
 Both fast paths read x twice and hold O(n·d + n²) memory:
 1. distances (byzbn.kernels.pairwise_distances), then the n − f nearest rows of every row
-   (a stable sort of the tiny [n, n] matrix) as a 0/1 mixing matrix W;
+   (a stable sort of the tiny [n, n] matrix) as a 0/1 mixing matrix W (byzbn.kernels.mixing);
 2. per block of columns: y = W·x / (n − f) (W·x as a matrix product, never an [n, n − f, d] gather),
    then the coordinate-wise rule on the n mixed values, writing only the d outputs.
 
@@ -27,8 +27,9 @@ import triton.language as tl
 
 from byzbn._checks import check_f, check_matrix
 from byzbn._threads import one_cpu_thread
-from byzbn.kernels import _backend, order_statistics
+from byzbn.kernels import _backend, order_statistics, reference
 from byzbn.kernels import pairwise_distances as _dist
+from byzbn.kernels.mixing import mix_chunk, nnm_weights
 
 RULES = ("mean", "median", "trimmed-mean")
 BACKENDS = _backend.BACKENDS
@@ -99,13 +100,6 @@ def _mix_aggregate_kernel(
     tl.store(out_ptr + cols, out, mask=ok_c)
 
 
-def nnm_weights(dist: torch.Tensor, f: int) -> torch.Tensor:
-    """[n, n] 0/1 mixing matrix in dist's dtype: row i marks the n − f nearest rows (ties: lower index)."""
-    n = dist.shape[0]
-    idx = torch.sort(dist, dim=1, stable=True).indices[:, : n - f]
-    return torch.zeros_like(dist).scatter_(1, idx, 1.0)
-
-
 def tile_shape(n: int, d: int) -> tuple[int, int, int, int]:
     """(N_PAD, BLOCK_D, BLOCK_K, num_warps): all n rows (padded to a power of two >= 16, as tl.dot needs)
     times a block of columns, about 4096 values per program."""
@@ -130,16 +124,6 @@ def _robust_aggregate_triton(x: torch.Tensor, f: int, rule: str, nnm: bool, **tu
         x, w, order, num_bad, out, n, d, f, x.stride(0), x.stride(1), w.stride(0),
         N_PAD=n_pad, BLOCK_D=block_d, BLOCK_K=block_k, MIX=nnm, RULE=_RULE_IDS[rule], num_warps=num_warps)
     return out
-
-
-def _mix_chunk(x_chunk: torch.Tensor, w: torch.Tensor, finite: torch.Tensor, bad: list[int], k: int):
-    """W·x_chunk / k with IEEE semantics for the non-finite rows (see the module docstring)."""
-    if not bad:
-        return (w @ x_chunk).div_(k)
-    y = w[:, finite] @ x_chunk[finite]
-    for j in bad:
-        y[w[:, j] != 0] += x_chunk[j]
-    return y.div_(k)
 
 
 def _rule_on_chunk(y: torch.Tensor, rule: str, f: int, nan_possible: bool) -> torch.Tensor:
@@ -169,7 +153,7 @@ def _robust_aggregate_torch(x: torch.Tensor, f: int, rule: str, nnm: bool) -> to
     step = d if x.device.type != "cpu" else max(1, CPU_CHUNK_ELEMENTS // n)
     for c0 in range(0, d, step):
         chunk = x[:, c0:c0 + step]
-        y = _mix_chunk(chunk, w, finite, bad, n - f) if nnm else chunk
+        y = mix_chunk(chunk, w, finite, bad, n - f) if nnm else chunk
         # Mixed finite rows hold no NaN: skip the NaN pass of the sort keys.
         out[c0:c0 + step] = _rule_on_chunk(y, rule, f, nan_possible=bool(bad) if nnm else True)
     return out
@@ -177,12 +161,10 @@ def _robust_aggregate_torch(x: torch.Tensor, f: int, rule: str, nnm: bool) -> to
 
 def _reference(x: torch.Tensor, f: int, rule: str, nnm: bool) -> torch.Tensor:
     """The differentiable composition of the references (used when x requires grad)."""
-    from byzbn.defenses import functional as F
-
-    y = F.nnm(x, f) if nnm else x
+    y = reference.nnm(x, f) if nnm else x
     if rule == "mean":
-        return F.mean(y)
-    return F.coordinate_median(y) if rule == "median" else F.trimmed_mean(y, f)
+        return reference.mean(y)
+    return reference.coordinate_median(y) if rule == "median" else reference.trimmed_mean(y, f)
 
 
 def robust_aggregate(x: torch.Tensor, f: int, rule: str, nnm: bool = True, backend: str = "auto") -> torch.Tensor:

@@ -70,6 +70,11 @@ BAD_ARGUMENTS = [
     (["--algorithm", "fedavg", "--local-steps", "0"], "--local-steps=0 is out of range"),
     (["--algorithm", "fedsgd"], "invalid choice: 'fedsgd'"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--pre", "nope"], "--pre: unknown pre-aggregator 'nope'"),
+    (["--pre", ","], "--pre is empty"),
+    (["--heterogeneity", "dirichlet:0"], "--heterogeneity: partition 'dirichlet:0' is invalid"),
+    (["--plugin", "/nonexistent/rules.py"], "--plugin /nonexistent/rules.py: no such file"),
+    (["--plugin", "no_such_plugin_module_for_byzbn"], "no such file or importable module"),
 ]
 
 
@@ -126,7 +131,7 @@ def test_help_explains_every_flag():
              "--attack-fields", "--defense", "--pre", "--dataset", "--data-root", "--download", "--heterogeneity",
              "--steps", "--batch-size", "--lr", "--momentum", "--width", "--eval-every", "--seed", "--device",
              "--out", "--checkpoint-every", "--resume", "--quiet", "--groups", "--algorithm", "--local-steps",
-             "--reset-client-momentum"]
+             "--reset-client-momentum", "--plugin"]
     for flag in flags:
         assert flag in text
     for action in build_parser()._actions:
@@ -210,7 +215,7 @@ def test_same_seed_gives_identical_metrics(tiny_npz, tmp_path, capsys):
 
 def test_fedavg_runs_are_deterministic_and_an_interrupted_one_resumes_to_the_same_metrics(tiny_npz, tmp_path, capsys,
                                                                                          monkeypatch):
-    from byzbn.fedavg import FedAvgFederation
+    from byzbn.fl.fedavg import FedAvgFederation
 
     argv = ["--schemes", "naive,fedtan", "--attack", "alie", "--target", "both", "--algorithm", "fedavg",
             "--local-steps", "2", "--eval-every", "3", "--checkpoint-every", "3"]

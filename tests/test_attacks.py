@@ -1,4 +1,7 @@
-"""byzbn.attacks: hand-computed rows, ALIE's z table, optimal attacks, registry, validation, BN stats."""
+"""byzbn.attacks: hand-computed rows, ALIE's z table, optimal attacks, registry, validation, BN stats.
+
+The context, Gaussian noise across steps and runs, and plugin attacks are tested in test_attack_plugins.py.
+"""
 import math
 
 import pytest
@@ -6,8 +9,8 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from byzbn.attacks import (ATTACKS, FIELDS, Attack, alie_z, attack_parameters, attack_stats, byzantine_rows,
-                           make_attack, register)
+from byzbn.attacks import (ATTACKS, FIELDS, Attack, AttackContext, alie_z, attack_parameters, attack_stats,
+                           byzantine_rows, make_attack, register)
 from byzbn.attacks.optimal import bracketed_line_search
 from byzbn.defenses import functional
 from byzbn.stats import ClientStats, merge_stats, robust_merge_stats
@@ -43,13 +46,13 @@ def defenses_for(f):
 # ---------------------------------------------------------------- hand-computed rows
 
 def test_sign_flip_is_minus_the_honest_mean():
-    out = make_attack("sign-flip")(h3(), 5, 2)
+    out = make_attack("sign-flip")(h3(), AttackContext(5, 2))
     assert torch.equal(out, torch.tensor([[-3.0, -4.0], [-3.0, -4.0]], dtype=torch.float64))
 
 
 @pytest.mark.parametrize("eps, row", [(0.1, [-0.3, -0.4]), (-2.0, [6.0, 8.0]), (0.0, [0.0, 0.0])])
 def test_foe_is_minus_eps_times_the_honest_mean(eps, row):
-    out = make_attack("foe", eps=eps)(h3(), 4, 1)
+    out = make_attack("foe", eps=eps)(h3(), AttackContext(4, 1))
     torch.testing.assert_close(out, torch.tensor([row], dtype=torch.float64), rtol=0, atol=1e-15)
 
 
@@ -59,20 +62,20 @@ def test_foe_default_eps_is_0_1():
 
 def test_alie_with_explicit_z():
     # mean [3, 4] − 1.5 · std [2, 2]
-    out = make_attack("alie", z=1.5)(h3(), 6, 3)
+    out = make_attack("alie", z=1.5)(h3(), AttackContext(6, 3))
     assert torch.equal(out, torch.tensor([[0.0, 1.0]] * 3, dtype=torch.float64))
 
 
 def test_alie_default_z_uses_the_paper_formula():
     # honest mean [0, 1], std [1, 1]; n=5, f=2: s = 3 − 2 = 1, z = Φ⁻¹(4/5) = 0.8416212336
     honest = torch.tensor([[-1.0, 0.0], [0.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
-    out = make_attack("alie")(honest, 5, 2)
+    out = make_attack("alie")(honest, AttackContext(5, 2))
     expected = torch.tensor([[-0.8416212336, 0.1583787664]] * 2, dtype=torch.float64)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
 
 
 def test_alie_single_honest_row_has_zero_std():
-    out = make_attack("alie", z=3.0)(torch.tensor([[2.0, -1.0]]), 2, 1)
+    out = make_attack("alie", z=3.0)(torch.tensor([[2.0, -1.0]]), AttackContext(2, 1))
     assert torch.equal(out, torch.tensor([[2.0, -1.0]]))
 
 
@@ -97,13 +100,13 @@ def test_alie_default_z_needs_an_honest_majority(n, f):
         alie_z(n, f)
     honest = torch.zeros(n - f, 3)
     with pytest.raises(ValueError, match="pass z explicitly"):
-        make_attack("alie")(honest, n, f)
-    assert make_attack("alie", z=1.0)(honest, n, f).shape == (f, 3)
+        make_attack("alie")(honest, AttackContext(n, f))
+    assert make_attack("alie", z=1.0)(honest, AttackContext(n, f)).shape == (f, 3)
 
 
 def test_nan_and_inf_rows():
-    nan_rows = make_attack("nan")(h3(), 5, 2)
-    inf_rows = make_attack("inf")(h3(), 5, 2)
+    nan_rows = make_attack("nan")(h3(), AttackContext(5, 2))
+    inf_rows = make_attack("inf")(h3(), AttackContext(5, 2))
     assert nan_rows.shape == inf_rows.shape == (2, 2)
     assert torch.isnan(nan_rows).all()
     assert (inf_rows == math.inf).all()
@@ -114,27 +117,28 @@ def test_nan_and_inf_rows():
 def test_gaussian_is_deterministic_and_seeded():
     honest = h3()
     a = make_attack("gaussian", seed=7)
-    assert torch.equal(a(honest, 5, 2), a(honest, 5, 2))
-    assert torch.equal(a(honest, 5, 2), make_attack("gaussian", seed=7)(honest * 10, 5, 2))
-    assert not torch.equal(a(honest, 5, 2), make_attack("gaussian", seed=8)(honest, 5, 2))
+    ctx = AttackContext(5, 2)  # no generator: the draw is derived from (seed, step, channel)
+    assert torch.equal(a(honest, ctx), a(honest, AttackContext(5, 2)))
+    assert torch.equal(a(honest, ctx), make_attack("gaussian", seed=7)(honest * 10, ctx))
+    assert not torch.equal(a(honest, ctx), make_attack("gaussian", seed=8)(honest, ctx))
 
 
 def test_gaussian_float32_is_the_float64_draw_rounded():
     a = make_attack("gaussian", mu=1.0, sigma=3.0, seed=3)
-    out64 = a(h3(torch.float64), 5, 2)
-    out32 = a(h3(torch.float32), 5, 2)
+    out64 = a(h3(torch.float64), AttackContext(5, 2))
+    out32 = a(h3(torch.float32), AttackContext(5, 2))
     assert torch.equal(out32, out64.float())
 
 
 def test_gaussian_moments():
-    out = make_attack("gaussian", mu=5.0, sigma=200.0, seed=0)(torch.zeros(1, 20000), 2, 1)
+    out = make_attack("gaussian", mu=5.0, sigma=200.0, seed=0)(torch.zeros(1, 20000), AttackContext(2, 1))
     # standard errors: 200/√20000 ≈ 1.4 for the mean, 200/√40000 = 1 for the std
     assert abs(out.mean().item() - 5.0) < 6 * 1.42
     assert abs(out.std().item() - 200.0) < 6 * 1.0
 
 
 def test_gaussian_sigma_zero_is_constant_mu():
-    out = make_attack("gaussian", mu=-2.5, sigma=0.0)(h3(), 5, 2)
+    out = make_attack("gaussian", mu=-2.5, sigma=0.0)(h3(), AttackContext(5, 2))
     assert torch.equal(out, torch.full((2, 2), -2.5, dtype=torch.float64))
 
 
@@ -143,10 +147,10 @@ def test_gaussian_sigma_zero_is_constant_mu():
 def test_optimal_foe_against_the_mean_goes_to_max_scale():
     # mean defense: D − m = −(2 + 2ε)/5 · m with ‖m‖ = 5, so the distance is 2|1 + ε|, largest at ε = +100
     a = make_attack("optimal-foe")
-    scale, dist = a.search(h3(), 5, 2, functional.mean)
+    scale, dist = a.search(h3(), AttackContext(5, 2, functional.mean))
     assert scale == pytest.approx(100.0, rel=1e-12)
     assert dist == pytest.approx(202.0, rel=1e-12)
-    torch.testing.assert_close(a(h3(), 5, 2, functional.mean),
+    torch.testing.assert_close(a(h3(), AttackContext(5, 2, functional.mean)),
                                torch.tensor([[-300.0, -400.0]] * 2, dtype=torch.float64))
 
 
@@ -156,7 +160,7 @@ def test_optimal_foe_searches_negative_scales():
     def relu_mean(x):
         return x.clamp(min=0).mean(dim=0)
 
-    scale, dist = make_attack("optimal-foe").search(h3(), 5, 2, relu_mean)
+    scale, dist = make_attack("optimal-foe").search(h3(), AttackContext(5, 2, relu_mean))
     assert scale == pytest.approx(-100.0, rel=1e-12)
     assert dist == pytest.approx(198.0, rel=1e-12)
 
@@ -169,8 +173,8 @@ def test_optimal_moves_the_aggregate_at_least_as_far_as_the_fixed_attack(n, f, d
     honest = torch.randn(n - f, 4, generator=gen, dtype=torch.float64) + torch.randn(4, generator=gen,
                                                                                       dtype=torch.float64)
     defense = defenses_for(f)[defense_name]
-    fixed_rows = make_attack(fixed)(honest, n, f)
-    optimal_rows = make_attack(optimal)(honest, n, f, defense)
+    fixed_rows = make_attack(fixed)(honest, AttackContext(n, f))
+    optimal_rows = make_attack(optimal)(honest, AttackContext(n, f, defense))
     assert distance(defense, honest, optimal_rows) >= distance(defense, honest, fixed_rows) - 1e-12
 
 
@@ -179,8 +183,8 @@ def test_optimal_alie_beats_the_paper_z(defense_name):
     gen = torch.Generator().manual_seed(0)
     honest = torch.randn(20, 5, generator=gen, dtype=torch.float64) + 1.0
     defense = defenses_for(5)[defense_name]
-    fixed = distance(defense, honest, make_attack("alie")(honest, 25, 5))
-    best = distance(defense, honest, make_attack("optimal-alie")(honest, 25, 5, defense))
+    fixed = distance(defense, honest, make_attack("alie")(honest, AttackContext(25, 5)))
+    best = distance(defense, honest, make_attack("optimal-alie")(honest, AttackContext(25, 5, defense)))
     assert best > 1.05 * fixed
 
 
@@ -191,8 +195,8 @@ def test_optimal_matches_a_dense_scan(defense_name, optimal):
     honest = torch.randn(7, 3, generator=gen, dtype=torch.float64) * 2 + 0.5
     defense = defenses_for(3)[defense_name]
     attack = make_attack(optimal)
-    _, found = attack.search(honest, 10, 3, defense)
-    scan = max(attack.distance(honest, 3, defense, -100 + 0.25 * k) for k in range(801))
+    _, found = attack.search(honest, AttackContext(10, 3, defense))
+    scan = max(attack.distance(honest, AttackContext(10, 3, defense), -100 + 0.25 * k) for k in range(801))
     assert found >= scan * (1 - 1e-9)
 
 
@@ -201,8 +205,8 @@ def test_optimal_rows_are_identical_and_achieve_the_reported_distance():
     honest = torch.randn(6, 3, generator=gen, dtype=torch.float64)
     defense = defenses_for(3)["nnm-median"]
     attack = make_attack("optimal-alie")
-    scale, dist = attack.search(honest, 9, 3, defense)
-    rows = attack(honest, 9, 3, defense)
+    scale, dist = attack.search(honest, AttackContext(9, 3, defense))
+    rows = attack(honest, AttackContext(9, 3, defense))
     assert torch.equal(rows, rows[:1].expand(3, -1))
     assert distance(defense, honest, rows) == pytest.approx(dist, rel=1e-12)
 
@@ -210,13 +214,13 @@ def test_optimal_rows_are_identical_and_achieve_the_reported_distance():
 @pytest.mark.parametrize("fixed, optimal", [("foe", "optimal-foe"), ("alie", "optimal-alie")])
 def test_optimal_never_does_worse_than_the_classical_scale(fixed, optimal):
     honest = h3()
-    classical_row = make_attack(fixed)(honest, 5, 2)[0]
+    classical_row = make_attack(fixed)(honest, AttackContext(5, 2))[0]
 
     def picky(x):  # moves only for Byzantine rows at the classical point, which grid=6 does not visit
         hit = torch.allclose(x[-1], classical_row, rtol=0, atol=1e-12)
         return x[:3].mean(dim=0) + (10.0 if hit else 0.0)
 
-    rows = make_attack(optimal, grid=6)(honest, 5, 2, picky)
+    rows = make_attack(optimal, grid=6)(honest, AttackContext(5, 2, picky))
     assert torch.equal(rows, classical_row.expand(2, -1))
 
 
@@ -245,12 +249,12 @@ def test_line_search_extra_brackets_find_a_narrow_higher_peak():
 @pytest.mark.parametrize("optimal", OPTIMAL)
 def test_optimal_needs_a_defense(optimal):
     with pytest.raises(ValueError, match="needs defense"):
-        make_attack(optimal)(h3(), 5, 2)
+        make_attack(optimal)(h3(), AttackContext(5, 2))
 
 
 def test_optimal_rejects_a_defense_with_the_wrong_output_shape():
     with pytest.raises(ValueError, match="shape"):
-        make_attack("optimal-foe")(h3(), 5, 2, lambda x: x)
+        make_attack("optimal-foe")(h3(), AttackContext(5, 2, lambda x: x))
 
 
 # ---------------------------------------------------------------- registry
@@ -330,12 +334,12 @@ def test_bad_parameter_values(name, params, match):
 ])
 def test_call_validation(name, honest, n, f, match):
     with pytest.raises(ValueError, match=match):
-        make_attack(name)(honest, n, f, functional.mean)
+        make_attack(name)(honest, AttackContext(n, f, functional.mean))
 
 
 def test_defense_must_be_callable():
     with pytest.raises(ValueError, match="defense must be None or a callable"):
-        make_attack("foe")(h3(), 5, 2, defense="median")
+        make_attack("foe")(h3(), AttackContext(5, 2, defense="median"))
 
 
 @pytest.mark.parametrize("name", FIXED + OPTIMAL)
@@ -345,11 +349,11 @@ def test_contract_shape_dtype_device_purity(name, dtype, device):
     honest = h3(dtype, device)
     before = honest.clone()
     attack = make_attack(name)
-    out = attack(honest, 5, 2, functional.coordinate_median)
+    out = attack(honest, AttackContext(5, 2, functional.coordinate_median))
     assert out.shape == (2, 2) and out.dtype == dtype and out.device == honest.device
     assert torch.equal(honest, before)
     exact = dict(rtol=0, atol=0, equal_nan=True)
-    torch.testing.assert_close(out, attack(honest, 5, 2, functional.coordinate_median), **exact)
+    torch.testing.assert_close(out, attack(honest, AttackContext(5, 2, functional.coordinate_median)), **exact)
     if name != "gaussian":
         torch.testing.assert_close(out, out[:1].expand(2, -1), **exact)
 
@@ -357,7 +361,7 @@ def test_contract_shape_dtype_device_purity(name, dtype, device):
 @pytest.mark.parametrize("name", FIXED + OPTIMAL)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_f_zero_gives_an_empty_block(name, dtype):
-    out = make_attack(name)(h3(dtype), 3, 0, functional.mean)
+    out = make_attack(name)(h3(dtype), AttackContext(3, 0, functional.mean))
     assert out.shape == (0, 2) and out.dtype == dtype
 
 
@@ -372,8 +376,8 @@ def test_foe_and_sign_flip_closed_forms(rows, f, eps):
     honest = torch.tensor(rows, dtype=torch.float64)
     n = honest.shape[0] + f
     m = honest.mean(dim=0)
-    torch.testing.assert_close(make_attack("foe", eps=eps)(honest, n, f), (-eps * m).expand(f, -1))
-    flipped = make_attack("sign-flip")(honest, n, f)
+    torch.testing.assert_close(make_attack("foe", eps=eps)(honest, AttackContext(n, f)), (-eps * m).expand(f, -1))
+    flipped = make_attack("sign-flip")(honest, AttackContext(n, f))
     # the mean of the full submission shrinks to (h − f)/n of the honest mean
     torch.testing.assert_close(torch.cat([honest, flipped]).mean(dim=0), (honest.shape[0] - f) / n * m,
                                atol=1e-9, rtol=1e-9)
@@ -382,7 +386,7 @@ def test_foe_and_sign_flip_closed_forms(rows, f, eps):
 @given(honest_matrices, st.integers(1, 5), st.floats(-5.0, 5.0))
 def test_alie_rows_sit_z_stds_below_the_mean(rows, f, z):
     honest = torch.tensor(rows, dtype=torch.float64)
-    out = make_attack("alie", z=z)(honest, honest.shape[0] + f, f)
+    out = make_attack("alie", z=z)(honest, AttackContext(honest.shape[0] + f, f))
     std = honest.std(dim=0) if honest.shape[0] > 1 else torch.zeros(honest.shape[1], dtype=torch.float64)
     torch.testing.assert_close(honest.mean(dim=0) - out[0], z * std, atol=1e-9, rtol=1e-9)
 
@@ -398,8 +402,8 @@ def test_optimal_beats_fixed_on_random_inputs(rows, f, defense_name, pair):
     defense = defenses_for(f)[defense_name]
     fixed = make_attack(pair[0], **({"z": 1.0} if pair[0] == "alie" else {}))
     optimal = make_attack(pair[1])
-    assert (distance(defense, honest, optimal(honest, n, f, defense))
-            >= distance(defense, honest, fixed(honest, n, f)) - 1e-9)
+    assert (distance(defense, honest, optimal(honest, AttackContext(n, f, defense)))
+            >= distance(defense, honest, fixed(honest, AttackContext(n, f))) - 1e-9)
 
 
 # ---------------------------------------------------------------- BN statistics submission
@@ -417,7 +421,7 @@ def stats3():
 ])
 def test_attack_stats_fields(fields, mean_row, var_row):
     honest = stats3()
-    out = attack_stats(honest, make_attack("sign-flip"), 5, 2, fields=fields)
+    out = attack_stats(honest, make_attack("sign-flip"), AttackContext(5, 2), fields=fields)
     assert out.n == 5
     assert torch.equal(out.mean, torch.tensor(H3 + [mean_row] * 2, dtype=torch.float64))
     assert torch.equal(out.var[:3], honest.var)
@@ -426,20 +430,20 @@ def test_attack_stats_fields(fields, mean_row, var_row):
 
 
 def test_attack_stats_attacks_each_field_from_its_own_rows():
-    out = attack_stats(stats3(), make_attack("alie", z=1.0), 5, 2, fields="var")
+    out = attack_stats(stats3(), make_attack("alie", z=1.0), AttackContext(5, 2), fields="var")
     torch.testing.assert_close(out.var[3:], torch.tensor([[1.0, 5.0 - math.sqrt(13.0)]] * 2, dtype=torch.float64))
     assert torch.equal(out.mean[3:], torch.tensor([[3.0, 4.0]] * 2, dtype=torch.float64))
 
 
 def test_attack_stats_without_attack_submits_the_honest_union_or_the_row_mean():
-    out = attack_stats(stats3(), None, 5, 2)
+    out = attack_stats(stats3(), None, AttackContext(5, 2))
     assert torch.equal(out.mean[3:], torch.tensor([[3.0, 4.0]] * 2, dtype=torch.float64))
     # (μ − μ̄)² = [[4, 4], [0, 4], [4, 0]]; v + that = [[5, 8], [2, 6], [7, 9]] -> mean [14/3, 23/3]
     torch.testing.assert_close(out.var[3:], torch.tensor([[14.0 / 3.0, 23.0 / 3.0]] * 2, dtype=torch.float64))
-    rowwise = attack_stats(stats3(), None, 5, 2, noop="mean")
+    rowwise = attack_stats(stats3(), None, AttackContext(5, 2), noop="mean")
     assert torch.equal(rowwise.var[3:], torch.tensor([[2.0, 5.0]] * 2, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"noop must be one of \['union', 'mean'\]"):
-        attack_stats(stats3(), None, 5, 2, noop="median")
+        attack_stats(stats3(), None, AttackContext(5, 2), noop="median")
 
 
 @given(honest_matrices, st.integers(0, 4))
@@ -447,30 +451,30 @@ def test_union_noop_leaves_the_mean_merge_of_the_honest_clients_unchanged(rows, 
     mean = torch.tensor(rows, dtype=torch.float64)
     honest = ClientStats(mean=mean, var=mean.abs() + 1.0, count=torch.full((mean.shape[0],), 7))
     merged_honest = merge_stats(honest)
-    merged_all = robust_merge_stats(attack_stats(honest, None, mean.shape[0] + f, f), functional.mean)
+    merged_all = robust_merge_stats(attack_stats(honest, None, AttackContext(mean.shape[0] + f, f)), functional.mean)
     torch.testing.assert_close(merged_all.mean, merged_honest.mean)
     torch.testing.assert_close(merged_all.var, merged_honest.var)
 
 
 def test_attack_stats_even_count_median_is_the_lower_middle():
     honest = ClientStats(mean=torch.zeros(4, 1), var=torch.ones(4, 1), count=torch.tensor([40, 10, 30, 20]))
-    assert attack_stats(honest, None, 5, 1).count.tolist() == [40, 10, 30, 20, 20]
+    assert attack_stats(honest, None, AttackContext(5, 1)).count.tolist() == [40, 10, 30, 20, 20]
 
 
 def test_attack_stats_passes_the_defense_to_optimal_attacks():
     honest = stats3()
     attack = make_attack("optimal-foe")
-    out = attack_stats(honest, attack, 5, 2, fields="mean", defense=functional.coordinate_median)
-    assert torch.equal(out.mean[3:], attack(honest.mean, 5, 2, functional.coordinate_median))
+    out = attack_stats(honest, attack, AttackContext(5, 2, functional.coordinate_median), fields="mean")
+    assert torch.equal(out.mean[3:], attack(honest.mean, AttackContext(5, 2, functional.coordinate_median)))
     with pytest.raises(ValueError, match="needs defense"):
-        attack_stats(honest, attack, 5, 2)
+        attack_stats(honest, attack, AttackContext(5, 2))
 
 
 def test_attack_stats_does_not_mutate_and_f_zero_is_the_honest_submission():
     honest = stats3()
     copies = [t.clone() for t in (honest.mean, honest.var, honest.count)]
-    out = attack_stats(honest, make_attack("foe"), 3, 0)
-    attack_stats(honest, make_attack("sign-flip"), 5, 2)
+    out = attack_stats(honest, make_attack("foe"), AttackContext(3, 0))
+    attack_stats(honest, make_attack("sign-flip"), AttackContext(5, 2))
     for t, c in zip((honest.mean, honest.var, honest.count), copies):
         assert torch.equal(t, c)
     assert torch.equal(out.mean, honest.mean) and torch.equal(out.var, honest.var)
@@ -479,28 +483,29 @@ def test_attack_stats_does_not_mutate_and_f_zero_is_the_honest_submission():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(fields="variance"), r"fields must be one of \['mean', 'var', 'both'\]"),
-    (dict(n=6), "n - f = 6 - 2 = 4 rows, got 3"),
+    (dict(context=AttackContext(6, 2)), "n - f = 6 - 2 = 4 rows, got 3"),
     (dict(attack="sign-flip"), "attack must be None"),
 ])
 def test_attack_stats_validation(kwargs, match):
-    args = dict(honest=stats3(), attack=make_attack("sign-flip"), n=5, f=2) | kwargs
+    args = dict(honest=stats3(), attack=make_attack("sign-flip"), context=AttackContext(5, 2)) | kwargs
     with pytest.raises(ValueError, match=match):
         attack_stats(**args)
     with pytest.raises(ValueError, match="must be a byzbn.stats.ClientStats"):
-        attack_stats(h3(), None, 5, 2)
+        attack_stats(h3(), None, AttackContext(5, 2))
     assert FIELDS == ("mean", "var", "both")
 
 
 def test_byzantine_rows():
     honest = h3()
-    assert torch.equal(byzantine_rows(honest, None, 5, 2), torch.tensor([[3.0, 4.0]] * 2, dtype=torch.float64))
-    assert torch.equal(byzantine_rows(honest, make_attack("sign-flip"), 5, 2),
+    assert torch.equal(byzantine_rows(honest, None, AttackContext(5, 2)),
+                       torch.tensor([[3.0, 4.0]] * 2, dtype=torch.float64))
+    assert torch.equal(byzantine_rows(honest, make_attack("sign-flip"), AttackContext(5, 2)),
                        torch.tensor([[-3.0, -4.0]] * 2, dtype=torch.float64))
-    assert byzantine_rows(honest, None, 3, 0).shape == (0, 2)
+    assert byzantine_rows(honest, None, AttackContext(3, 0)).shape == (0, 2)
     with pytest.raises(ValueError, match="n - f = 6 - 2"):
-        byzantine_rows(honest, None, 6, 2)
+        byzantine_rows(honest, None, AttackContext(6, 2))
     with pytest.raises(ValueError, match="attack must be None"):
-        byzantine_rows(honest, 3, 5, 2)
+        byzantine_rows(honest, 3, AttackContext(5, 2))
 
 
 @given(honest_matrices, st.integers(0, 4), st.sampled_from(FIELDS), st.sampled_from(["sign-flip", "alie", None]))
@@ -509,10 +514,10 @@ def test_attack_stats_layout(rows, f, fields, name):
     honest = ClientStats(mean=mean, var=mean.abs(), count=torch.arange(1, mean.shape[0] + 1))
     n = mean.shape[0] + f
     attack = None if name is None else make_attack(name, **({"z": 0.5} if name == "alie" else {}))
-    out = attack_stats(honest, attack, n, f, fields=fields, noop="mean")
+    out = attack_stats(honest, attack, AttackContext(n, f), fields=fields, noop="mean")
     assert torch.equal(out.mean[: n - f], honest.mean) and torch.equal(out.var[: n - f], honest.var)
     mean_attack = attack if fields in ("mean", "both") else None
     var_attack = attack if fields in ("var", "both") else None
-    assert torch.equal(out.mean[n - f:], byzantine_rows(honest.mean, mean_attack, n, f))
-    assert torch.equal(out.var[n - f:], byzantine_rows(honest.var, var_attack, n, f))
+    assert torch.equal(out.mean[n - f:], byzantine_rows(honest.mean, mean_attack, AttackContext(n, f)))
+    assert torch.equal(out.var[n - f:], byzantine_rows(honest.var, var_attack, AttackContext(n, f)))
     assert (out.count[n - f:] == honest.count.median()).all()

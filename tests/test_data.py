@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from byzbn import data
-from byzbn.data import DATASET_NAMES, Dataset, load_dataset
+from byzbn.data import DATASET_NAMES, Dataset, datasets, load_dataset
 
 
 def _channel_moments(x: torch.Tensor):
@@ -40,7 +39,7 @@ def _check_common(ds: Dataset, shape_chw, n_train, n_test, num_classes):
 
 
 def _raw_mnist5k_rows():
-    with gzip.open(data._mnist5k_path(), "rt") as handle:
+    with gzip.open(datasets._mnist5k_path(), "rt") as handle:
         return np.loadtxt(handle, delimiter=",", dtype=np.int64)
 
 
@@ -63,7 +62,7 @@ def test_mnist5k_is_the_real_5000_digits_split_4000_1000_stratified():
 def test_mnist5k_split_is_fixed_and_loads_are_cached():
     first = load_dataset("mnist5k")
     assert load_dataset("mnist5k") is first
-    fresh = data._load_embedded.__wrapped__("mnist5k")
+    fresh = datasets._load_embedded.__wrapped__("mnist5k")
     assert torch.equal(fresh.x_train, first.x_train) and torch.equal(fresh.y_test, first.y_test)
     # Not label-sorted: consumers slicing a prefix must not get one class only.
     assert len(torch.unique(first.y_train[:50])) > 5
@@ -165,13 +164,13 @@ def test_dataset_names_all_load_or_need_a_root():
 
 
 def test_cifar10_with_an_empty_root_says_not_found(tmp_path):
-    # Goes through torchvision (made importable on CPU torch by byzbn._torchvision).
+    # Goes through torchvision (made importable on CPU torch by byzbn.data._torchvision).
     with pytest.raises(ValueError, match="not found under data_root.*download=True"):
         load_dataset("cifar10", data_root=str(tmp_path), download=False)
 
 
 def test_import_torchvision_is_idempotent_and_gives_datasets_and_transforms():
-    from byzbn._torchvision import import_torchvision
+    from byzbn.data._torchvision import import_torchvision
 
     torchvision = import_torchvision()
     assert import_torchvision() is torchvision
@@ -194,9 +193,9 @@ def test_dataset_validates_its_tensors():
 def test_torchvision_is_imported_lazily_and_then_usable_in_a_fresh_process():
     # A fresh interpreter: in this one torchvision may already be imported by an earlier test.
     script = (
-        "import sys, byzbn, byzbn.data, byzbn.partition, byzbn.models\n"
+        "import sys, byzbn, byzbn.data, byzbn.nn.models\n"
         "assert 'torchvision' not in sys.modules, 'byzbn imports torchvision eagerly'\n"
-        "from byzbn._torchvision import import_torchvision\n"
+        "from byzbn.data._torchvision import import_torchvision\n"
         "tv = import_torchvision()\n"
         "import torchvision.datasets, torchvision.transforms\n"
         "assert sys.modules['torchvision'] is tv and import_torchvision() is tv\n"

@@ -197,3 +197,15 @@ def test_the_dispatch_agrees_with_the_functional_reference(case, name, pre):
     out = make_defense(name, f, pre=pre)(x)
     exact = name == "median" and pre is None
     torch.testing.assert_close(out, expected, rtol=0, atol=0 if exact else averaging_atol(x, dtype), equal_nan=True)
+
+
+@given(attacked_submissions(pre="nnm"), st.sampled_from(sorted(DEFENSES)), st.sampled_from(PRES))
+def test_the_fused_fast_path_equals_running_the_registered_stages_in_turn(case, name, pre):
+    # make_defense fuses (no pre | nnm) ∘ built-in rule into one kernel call; the registered objects,
+    # called one after another (as any other composition is), must give the same aggregate.
+    x, f, _, dtype = case
+    mixed = PRE_AGGREGATORS["nnm"](f)(x) if pre == "nnm" else x
+    staged = DEFENSES[name](f)(mixed)
+    exact = name == "median" and pre is None
+    torch.testing.assert_close(make_defense(name, f, pre=pre)(x), staged, rtol=0,
+                               atol=0 if exact else averaging_atol(x, dtype), equal_nan=True)

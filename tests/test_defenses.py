@@ -1,6 +1,7 @@
 """byzbn.defenses: the registries, make_defense, validation, and labelled edge cases of the rules.
 
-The hypothesis properties of the rules live in test_defense_properties.py.
+The hypothesis properties of the rules live in test_defense_properties.py; plugin rules and
+pre-aggregators (the extension point) in test_defense_plugins.py.
 """
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 import torch
 
 import byzbn.kernels
-from byzbn.defenses import (DEFENSES, PRE_AGGREGATORS, Defense, NearestNeighbourMixing, PreAggregator, functional,
-                            make_defense, register, register_pre)
+from byzbn.defenses import (AGGREGATORS, DEFENSES, PRE_AGGREGATORS, Aggregator, Defense, NearestNeighbourMixing,
+                            PreAggregator, functional, make_defense, register_aggregator, register_pre_aggregator)
 
 # Averaging rules against a float64 reference: one tolerance per dtype (relative to max |x|).
 TOL = {torch.float32: 1e-6, torch.float64: 1e-14}
@@ -35,25 +36,27 @@ def reference(x64: torch.Tensor, name: str, f: int, pre: str | None) -> torch.Te
 # ---- registries and construction ---------------------------------------------------------------------
 
 def test_registries_hold_the_rules_of_the_paper():
+    assert DEFENSES is AGGREGATORS  # the old name still works
     assert set(DEFENSES) == {"mean", "median", "trimmed-mean"}
     assert set(PRE_AGGREGATORS) == {"nnm"}
-    assert all(issubclass(cls, Defense) and cls.name == name for name, cls in DEFENSES.items())
+    assert all(issubclass(cls, Aggregator) and cls.name == name for name, cls in DEFENSES.items())
     assert PRE_AGGREGATORS["nnm"] is NearestNeighbourMixing and issubclass(NearestNeighbourMixing, PreAggregator)
 
 
 def test_registering_a_taken_name_raises_and_keeps_the_registry():
     before = dict(DEFENSES), dict(PRE_AGGREGATORS)
 
-    class Impostor(Defense):
-        name = "median"
+    class Impostor(Aggregator):
+        def __call__(self, x):
+            return x[0]
 
     class ImpostorPre(NearestNeighbourMixing):
-        name = "nnm"
+        pass
 
     with pytest.raises(ValueError, match="'median' is already registered"):
-        register(Impostor)
+        register_aggregator("median")(Impostor)
     with pytest.raises(ValueError, match="'nnm' is already registered"):
-        register_pre(ImpostorPre)
+        register_pre_aggregator("nnm")(ImpostorPre)
     assert (DEFENSES, PRE_AGGREGATORS) == before
 
 
@@ -61,37 +64,50 @@ def test_registering_a_taken_name_raises_and_keeps_the_registry():
 @pytest.mark.parametrize("pre", PRES)
 def test_make_defense_sets_name_f_pre_and_repr(name, pre):
     d = make_defense(name, 2, pre=pre)
-    assert isinstance(d, DEFENSES[name])
-    assert (d.name, d.f, d.pre) == (name, 2, pre)
+    assert isinstance(d, Defense) and type(d.rule) is DEFENSES[name]
+    assert (d.name, d.f, d.pre) == (name, 2, () if pre is None else (pre,))
     assert repr(d) == ("nnm∘" if pre else "") + f"{name}(f=2)"
 
 
-def test_make_defense_defaults_to_the_papers_nnm_composition():
-    assert repr(make_defense("median", 2)) == "nnm∘median(f=2)"
+def test_make_defense_defaults_to_no_pre_aggregator():
+    # The default was pre="nnm" before pre-aggregators became a sequence; callers now say so.
+    assert repr(make_defense("median", 2)) == "median(f=2)"
+    assert repr(make_defense("median", 2, pre="nnm")) == "nnm∘median(f=2)"
     assert repr(make_defense("trimmed-mean", 1, pre=None)) == "trimmed-mean(f=1)"
     assert repr(NearestNeighbourMixing(3)) == "nnm(f=3)"
 
 
 def test_declared_parameters_take_their_defaults_and_show_in_repr():
-    class Damped(Defense):  # not registered: only exercises the parameter machinery
-        name = "mean"
-        PARAMS = {"scale": 1.0}
+    class Damped(Aggregator):
+        def __init__(self, f, scale=1.0):
+            super().__init__(f)
+            self.scale = scale
 
-    assert Damped(1).params == {"scale": 1.0}
-    assert repr(Damped(1, pre="nnm", scale=0.5)) == "nnm∘mean(f=1, scale=0.5)"
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['beta'\] for defense 'mean': valid parameters are \['scale'\]"):
-        Damped(1, beta=2)
+        def __call__(self, x):
+            return self.scale * x.mean(dim=0)
+
+    register_aggregator("test-damped")(Damped)
+    try:
+        assert make_defense("test-damped", 1).params == {"scale": 1.0}
+        assert repr(make_defense("test-damped", 1, pre="nnm", scale=0.5)) == "nnm∘test-damped(f=1, scale=0.5)"
+        with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['beta'\] for aggregator 'test-damped': "
+                                             r"valid parameters are \['scale'\]"):
+            make_defense("test-damped", 1, beta=2)
+    finally:
+        del AGGREGATORS["test-damped"]
 
 
 def test_unknown_names_and_parameters_list_the_valid_ones():
-    with pytest.raises(ValueError, match=r"name must be one of \['mean', 'median', 'trimmed-mean'\], got 'krum'"):
+    with pytest.raises(ValueError, match=r"unknown aggregator 'krum': valid aggregators are "
+                                         r"\['mean', 'median', 'trimmed-mean'\]"):
         make_defense("krum", 1)
-    with pytest.raises(ValueError, match=r"pre must be None or one of \['nnm'\], got 'bucketing'"):
+    with pytest.raises(ValueError, match=r"pre must be None or one of \['nnm'\] .*got 'bucketing'"):
         make_defense("median", 1, pre="bucketing")
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['beta'\] for defense 'trimmed-mean': valid parameters are \[\]"):
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['beta'\] for aggregator 'trimmed-mean': "
+                                         r"valid parameters are \[\]"):
         make_defense("trimmed-mean", 1, beta=0.1)
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['k'\] for pre-aggregator 'nnm'"):
-        NearestNeighbourMixing(1, k=3)
+        make_defense("median", 1, pre=("nnm", {"k": 3}))
 
 
 @pytest.mark.parametrize("f", [-1, 1.0, True, "1", None], ids=["negative", "float", "bool", "str", "none"])

@@ -1,4 +1,4 @@
-"""byzbn.fedavg: FedAvg rounds against DSGD (E = 1) and against plain-torch per-client references.
+"""byzbn.fl.fedavg: FedAvg rounds against DSGD (E = 1) and against plain-torch per-client references.
 
 - with E = 1 and the mean, a FedAvg round is DSGD's step, for every scheme and both local engines;
 - with E > 1, clients diverge within the round: the update and the server's statistics equal a
@@ -19,11 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from byzbn import stats as bnstats
-from byzbn.attacks import make_attack
+from byzbn.attacks import AttackContext, make_attack
 from byzbn.defenses import make_defense
-from byzbn.fedavg import FedAvgFederation
-from byzbn.federation import Federation, make_scenario
-from byzbn.models import make_cnn, norm_layers
+from byzbn.fl import FedAvgFederation, Federation, make_scenario
+from byzbn.nn.models import make_cnn, norm_layers
 from byzbn.schemes import make_scheme
 from federation_data import client_data
 
@@ -99,7 +98,8 @@ def test_the_loop_and_vmap_engines_agree_over_rounds_of_several_local_steps(sche
         assert math.isclose(loop.step(), vmap.step(), rel_tol=1e-9)
     _assert_same_state(loop, vmap, **TOL64)
     torch.testing.assert_close(loop.momentum, vmap.momentum, **TOL64)
-    assert loop.step_count == 6 and loop.comm_rounds == vmap.comm_rounds == 2 * loop.scheme.exchanges(0)
+    assert loop.step_count == 6
+    assert loop.comm_rounds == vmap.comm_rounds == 2 * loop.scheme.exchanges(0, len(loop.layers))
 
 
 def _reference_rounds(fed: FedAvgFederation, rounds: int, scheme: str, reset: bool = False, attack=None, defense=None):
@@ -139,7 +139,7 @@ def _reference_rounds(fed: FedAvgFederation, rounds: int, scheme: str, reset: bo
         deltas = torch.stack([torch.cat([p.detach().reshape(-1) for p in c.parameters()]) - theta for c in clients])
         update = deltas.mean(dim=0)
         if attack is not None:
-            update = defense(torch.cat([deltas, attack(deltas, N_CLIENTS, F_BYZ, defense)]))
+            update = defense(torch.cat([deltas, attack(deltas, AttackContext(N_CLIENTS, F_BYZ, defense))]))
         with torch.no_grad():
             for p, u in zip(ref.parameters(), (theta + update).split([p.numel() for p in ref.parameters()])):
                 p.copy_(u.view_as(p))
@@ -191,9 +191,11 @@ def test_fixbn_freezes_at_t_star_counted_in_rounds():
     assert fed.scheme.freeze_step == 2
     snapshots = []
     for r in range(4):
+        specs = [fed.scheme.local_bn_pass(r, e, fed.stats_channel(r, fed.client_batch(2 * r))) for e in range(2)]
+        assert [s.mode for s in specs] == ["client" if r < 2 else "global"] * 2
         fed.step()
         snapshots.append([layer.running_var.clone() for layer in fed.layers])
-        assert all(layer.mode == ("client" if r < 2 else "global") for layer in fed.layers)
+        assert all(layer.active_pass is None for layer in fed.layers)
     assert not torch.equal(snapshots[0][0], snapshots[1][0])
     assert all(torch.equal(a, b) for later in snapshots[2:] for a, b in zip(snapshots[1], later))
     assert fed.step_count == 8 and fed.comm_rounds == 4
@@ -201,36 +203,29 @@ def test_fixbn_freezes_at_t_star_counted_in_rounds():
 
 def test_fedtan_synchronizes_the_first_local_step_of_each_round():
     fed = _fedavg("fedtan", "attack+defense", "stats", "alie", "median", local_steps=3)
-    modes = []
-    prepare = fed.scheme.prepare_local
+    modes, synced = [], []
+    local_bn_pass, server_round = fed.scheme.local_bn_pass, fed.scheme.server_round
 
-    def logged(layers, r, e):
-        prepare(layers, r, e)
-        modes.append((r, e, layers[0].mode))
+    def logged(r, e, channel):
+        spec = local_bn_pass(r, e, channel)
+        modes.append((r, e, spec.mode))
+        return spec
 
-    fed.scheme.prepare_local = logged
+    def kept(layers, steps, channel, r):
+        synced.extend(steps[0].merged)
+        return server_round(layers, steps, channel, r)
+
+    fed.scheme.local_bn_pass, fed.scheme.server_round = logged, kept
     before = [(layer.running_mean.clone(), layer.running_var.clone()) for layer in fed.layers]
     fed.step()
     assert [(r, e, m) for r, e, m in modes if e == 0] == [(0, 0, "sync")]
     assert {m for _, e, m in modes if e > 0} == {"client"}
+    assert len(synced) == len(fed.layers)
     m = 1 - 0.9 ** 3  # the synchronized statistics, three local steps' worth
-    for layer, (rm, rv) in zip(fed.layers, before):
-        merged = layer.sync_stats
+    for layer, (rm, rv), merged in zip(fed.layers, before, synced):
         torch.testing.assert_close(layer.running_mean, (1 - m) * rm + m * merged.mean)
         torch.testing.assert_close(layer.running_var, (1 - m) * rv + m * merged.var_unbiased)
     assert fed.comm_rounds == 3 * 4 + 1
-
-
-def test_merge_local_steps_is_the_merge_of_the_concatenated_batches():
-    from byzbn.schemes import merge_local_steps
-
-    gen = torch.Generator().manual_seed(4)
-    xs = [torch.randn(3, 2, 5, 4, generator=gen, dtype=torch.float64) + e for e in range(3)]  # E=3 steps, h=3
-    merged = merge_local_steps([bnstats.client_stats(x) for x in xs])
-    want = bnstats.client_stats(torch.cat(xs, dim=1))
-    torch.testing.assert_close(merged.mean, want.mean, **TOL64)
-    torch.testing.assert_close(merged.var, want.var, **TOL64)
-    assert torch.equal(merged.count, want.count)
 
 
 def test_resuming_a_fedavg_run_from_its_state_dict_continues_bit_for_bit():

@@ -1,4 +1,4 @@
-"""byzbn.federation and byzbn.schemes: the batched DSGD step against references.
+"""byzbn.fl (DSGD) and byzbn.schemes: the batched DSGD step against references.
 
 - the batched engine (one stacked forward/backward, or the vmap'd per-client pass when gradients are
   attacked) produces the same update as the per-client loop, for every scheme;
@@ -17,11 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from byzbn import stats as bnstats
-from byzbn.attacks import make_attack
+from byzbn.attacks import make_attack, register_attack
+from byzbn.attacks.registry import ATTACKS
 from byzbn.defenses import make_defense
-from byzbn.federation import Federation, make_scenario, step_seed
-from byzbn.models import make_cnn, norm_layers
-from byzbn.norm import FederatedBatchNorm
+from byzbn.fl import Federation, make_scenario, step_seed
+from byzbn.fl.passes import loop_pass, vmap_pass
+from byzbn.nn import FederatedBatchNorm
+from byzbn.nn.models import make_cnn, norm_layers
 from byzbn.schemes import SCHEMES, make_scheme
 from federation_data import client_data
 
@@ -77,18 +79,19 @@ def test_batched_and_loop_engines_give_the_same_update(scheme, scenario, target)
     _assert_same_state(batched, loop)
     if batched.per_client:
         torch.testing.assert_close(batched.momentum, loop.momentum, rtol=1e-4, atol=1e-6)
-    assert batched.comm_rounds == loop.comm_rounds == 4 * batched.scheme.exchanges(0)
+    assert batched.comm_rounds == loop.comm_rounds == 4 * batched.scheme.exchanges(0, len(batched.layers))
+    assert all(layer.active_pass is None for layer in batched.layers + loop.layers)  # nothing left behind
 
 
 def test_per_client_gradients_default_to_the_loop_on_cpu_and_vmap_matches_it():
     assert _federation("fbn", "attack", "grads", per_client_grads="auto").per_client_grads == "loop"
     vm, lp = _federation("naive", "attack", "grads"), _federation("naive", "attack", "grads", per_client_grads="loop")
     x, y = vm.client_batch(0)
-    for fed in (vm, lp):
-        fed.scheme.prepare(fed.layers, 0)
-    a, b = vm.vmap_pass(x, y), lp.loop_pass(x, y)
+    a = vmap_pass(vm.model, x, y, vm.scheme.bn_pass(0, vm.stats_channel(0, (x, y))), H)
+    b = loop_pass(lp.model, x, y, lp.scheme.bn_pass(0, lp.stats_channel(0, (x, y))), H)
     torch.testing.assert_close(a.client_grads, b.client_grads, rtol=1e-4, atol=1e-6)
-    for sa, sb in zip(a.stats, b.stats):
+    assert len(a.bn.clients) == len(b.bn.clients) == len(vm.layers)
+    for sa, sb in zip(a.bn.clients, b.bn.clients):
         torch.testing.assert_close(sa.mean, sb.mean, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(sa.var, sb.var, rtol=1e-5, atol=1e-6)
         assert torch.equal(sa.count, sb.count)
@@ -155,7 +158,8 @@ def test_fbn_running_statistics_equal_the_robust_merge_of_the_client_statistics(
     sizes = [s.mean.shape[1] for s in honest]
     for layer, (rm, rv), part, s in zip(fed.layers, before, bnstats.split_stats(merged, sizes), honest):
         total = N_CLIENTS * int(s.count[0])  # each layer's own N for N/(N-1)
-        g = bnstats.GlobalStats(part.mean, part.var, part.var * total / (total - 1), total)
+        assert torch.all(part.count == total)  # carried through concat_stats and split_stats
+        g = bnstats.GlobalStats(part.mean, part.var, part.var * total / (total - 1), part.count)
         want_mean, want_var = bnstats.update_running(rm, rv, g, 0.1)
         torch.testing.assert_close(layer.running_mean.double(), want_mean, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(layer.running_var.double(), want_var, rtol=1e-4, atol=1e-5)
@@ -193,9 +197,12 @@ def test_fixbn_freezes_the_statistics_at_t_star_and_then_trains_with_them():
     assert fed.scheme.freeze_step == 3
     snapshots = []
     for t in range(6):
+        x, y = fed.client_batch(t)
+        spec = fed.scheme.bn_pass(t, fed.stats_channel(t, (x, y)))
+        assert spec.mode == ("client" if t < 3 else "global") and spec.record == (t < 3)
         fed.step()
         snapshots.append([layer.running_var.clone() for layer in fed.layers])
-        assert all(layer.mode == ("client" if t < 3 else "global") for layer in fed.layers)
+        assert all(layer.active_pass is None for layer in fed.layers)
     assert not torch.equal(snapshots[1][0], snapshots[2][0])  # still learning before T*
     for later in snapshots[3:]:
         for a, b in zip(snapshots[2], later):

@@ -14,7 +14,7 @@ import pytest
 
 from byzbn.attack_eval import main
 from byzbn.attacks import ATTACKS
-from byzbn.defenses import DEFENSES
+from byzbn.defenses import AGGREGATORS as DEFENSES
 
 
 
@@ -33,6 +33,33 @@ ATTACKABLE = ["naive", "fbn", "fixbn", "fedtan", "hbn", "groupnorm"]
 EXCHANGES = {"fedtan": 3 * 4 + 1}  # per step (DSGD) or round (FedAvg); 1 for the others
 
 
+def _metrics(out: Path) -> dict:
+    """{(scheme, scenario): [(step, test_acc, test_loss, train_loss), ...]} from metrics.jsonl."""
+    runs: dict = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        runs.setdefault((r["scheme"], r["scenario"]), []).append((r["step"], r["test_acc"], r["test_loss"],
+                                                                  r["train_loss"]))
+    return runs
+
+
+def _check_the_defense_is_used(out: Path, summary: dict, defense: str) -> None:
+    """attack+defense differs from attack (the same attack, averaged) exactly when the server's rule is not the mean."""
+    runs = _metrics(out)
+    for scheme in summary:
+        attacked, defended = runs[(scheme, "attack")], runs[(scheme, "attack+defense")]
+        assert attacked[0] == defended[0]  # the same initial model and test set
+        if defense == "mean":  # no pre-aggregation before the mean: the same aggregate as plain averaging
+            # (to rounding: the defense's mean may be a fused kernel; a non-finite loss is null in both)
+            assert [r[0] for r in defended] == [r[0] for r in attacked], scheme
+            for got, want in zip(defended, attacked):
+                for a, b in zip(got[1:], want[1:]):
+                    assert (a is None) == (b is None) and (a is None or a == pytest.approx(b, rel=1e-4, abs=1e-6)), \
+                        (scheme, got, want)
+        else:
+            assert defended != attacked, (scheme, "the defense left the attacked run unchanged")
+
+
 def _check_every_run(summary: dict, attack: str, defense: str, steps: int, rounds: int) -> None:
     assert set(summary) == set(ATTACKABLE)
     for scheme, runs in summary.items():
@@ -46,8 +73,10 @@ def _check_every_run(summary: dict, attack: str, defense: str, steps: int, round
                 assert entry["status"] == "ok" and entry["steps_done"] == steps, (scheme, scenario, entry)
             elif attack in NON_FINITE_ATTACKS:  # gradients averaged with NaN/Inf rows
                 assert entry["status"].startswith("diverged: non-finite"), (scheme, scenario, entry)
+            elif entry["status"] == "ok":  # a finite attack, averaged: the run may break, but only by diverging
+                assert entry["steps_done"] == steps, (scheme, scenario, entry)
             else:
-                assert entry["status"] == "ok" or entry["status"].startswith("diverged: "), entry
+                assert entry["status"].startswith("diverged: non-finite"), (scheme, scenario, entry)
 
 
 @pytest.mark.parametrize("defense", sorted(DEFENSES))
@@ -57,6 +86,7 @@ def test_every_scheme_attack_and_defense_runs(tiny_npz, tmp_path, capsys, attack
                    "--defense", defense, "--target", "both")
     capsys.readouterr()
     _check_every_run(summary, attack, defense, steps=2, rounds=2)
+    _check_the_defense_is_used(tmp_path / "out", summary, defense)
 
 
 FEDAVG_CASES = [(attack, "median") for attack in sorted(ATTACKS)]
@@ -70,6 +100,7 @@ def test_every_scheme_attack_and_defense_runs_under_fedavg(tiny_npz, tmp_path, c
                    "--steps", "4", "--eval-every", "4")
     capsys.readouterr()
     _check_every_run(summary, attack, defense, steps=4, rounds=2)
+    _check_the_defense_is_used(tmp_path / "out", summary, defense)
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))

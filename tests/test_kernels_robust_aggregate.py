@@ -1,11 +1,12 @@
-"""byzbn.kernels.robust_aggregate (and its parts) against byzbn.defenses.functional.
+"""byzbn.kernels.robust_aggregate (and its parts) against byzbn.kernels.reference.
 
 Data are mostly small integers times a power of two: every distance and every sum of a few rows is
 then exact in float32, so the references and the fast paths must agree exactly on which rows NNM
 selects (ties included: duplicated rows) and on every median, while averages (mean, trimmed mean,
 mixed rows under the mean rule) are compared to a few ulps. Non-finite entries (NaN, ±Inf) are
 sprinkled in. The Triton tests run compiled on CUDA or through the interpreter on CPU; they are few and
-tiny because the interpreter is slow. Full-size CUDA comparisons skip without CUDA.
+small because the interpreter is slow (its tl.sort costs seconds per [64, 64] tile), but reach padded
+row counts and several row tiles / K-blocks (n = 17, 33, 64). Full-size CUDA comparisons skip without CUDA.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from byzbn.defenses import functional as F
 from byzbn.kernels import _backend, order_statistics, pairwise_distances, robust_aggregate
+from byzbn.kernels import reference as F
 
 RA = importlib.import_module("byzbn.kernels.robust_aggregate")   # the module (the package exports the function)
 PD = pairwise_distances
@@ -37,8 +38,6 @@ interpreter_warnings = pytest.mark.filterwarnings("ignore:invalid value encounte
 RULES = ("mean", "median", "trimmed-mean")
 NONFINITE = (float("nan"), float("inf"), float("-inf"))
 EPS = {torch.float32: torch.finfo(torch.float32).eps, torch.float64: torch.finfo(torch.float64).eps}
-
-
 
 
 def reference(x: torch.Tensor, f: int, rule: str, nnm: bool) -> torch.Tensor:
@@ -107,9 +106,8 @@ def test_torch_selection_and_distances_match_reference(case):
     assume(f < x.shape[0])
     dist, finite = PD.sq_distances_torch(x)
     assert finite.tolist() == F.finite_rows(x).tolist()
-    ref = F.pairwise_sq_distances(x)
-    # pdist takes a square root: the squares come back within a few ulps, infinities exact.
-    torch.testing.assert_close(dist, ref, rtol=8 * EPS[x.dtype], atol=0)
+    # Small integers times a power of two: every shifted Gram term is exact, so the distances are too.
+    torch.testing.assert_close(dist, F.pairwise_sq_distances(x), rtol=0, atol=0)
     want = [set(r) for r in F.nnm_neighbours(x, f).tolist()]
     assert neighbour_sets(RA.nnm_weights(dist, f)) == want
 
@@ -283,6 +281,41 @@ def test_triton_labelled_cases(x, f):
         assert_matches(robust_aggregate(x.to(TRITON_DEVICE), f, rule, nnm=True, backend="triton"), x, f, rule, True)
     assert_matches(robust_aggregate(x.to(TRITON_DEVICE), f, "median", nnm=False, backend="triton"),
                    x, f, "median", False)
+
+
+# Padded row counts and several tiles: the distance kernel's 32-row tiles (n = 17: one padded tile,
+# 33 and 64: three tile pairs) and K-blocks of 8 columns; the mixing kernel's N_PAD (32, 64, 64) and
+# its two tl.dot K-blocks of 32 rows at N_PAD = 64. The sorting rules are slow in the interpreter:
+# all rules at n = 17, the median at n = 33 (one column block), the mean everywhere.
+LARGE = [
+    pytest.param(_labelled(17, 40, seed=1, dup=True, bad=[(3, 7, float("nan"))]), 4, RULES, id="n=17,d=40"),
+    pytest.param(_labelled(33, 40, seed=2, dup=True, bad=[(32, 0, float("inf"))]), 16, ("mean", "median"),
+                 id="n=33,d=40"),
+    pytest.param(_labelled(33, 150, seed=3, bad=[(0, 149, -float("inf"))]), 10, ("mean",), id="n=33,d=150"),
+    pytest.param(_labelled(64, 300, seed=4, dup=True, bad=[(40, 5, float("nan")), (63, 299, float("inf"))]), 21,
+                 ("mean",), id="n=64,d=300"),
+]
+
+
+@triton_runs
+@interpreter_warnings
+@pytest.mark.parametrize("x, f, rules", LARGE)
+def test_triton_padded_rows_and_several_blocks(x, f, rules):
+    for rule in rules:
+        assert_matches(robust_aggregate(x.to(TRITON_DEVICE), f, rule, nnm=True, backend="triton"), x, f, rule, True)
+    assert_matches(robust_aggregate(x.to(TRITON_DEVICE), f, "mean", nnm=False, backend="triton"), x, f, "mean", False)
+
+
+@triton_runs
+@interpreter_warnings
+@pytest.mark.parametrize("x, f, rules", LARGE)
+@pytest.mark.parametrize("tuning", [{}, dict(inner=1, chunk_len=1), dict(inner=2, chunk_len=40)],
+                         ids=["default", "one-block-chunks", "inner=2"])
+def test_triton_distances_padded_rows_and_several_blocks(x, f, rules, tuning):
+    dist, finite = PD.sq_distances_triton(x.to(TRITON_DEVICE), **tuning)
+    assert finite.cpu().tolist() == F.finite_rows(x).tolist()
+    torch.testing.assert_close(dist.cpu(), F.pairwise_sq_distances(x), rtol=0, atol=0)
+    assert neighbour_sets(RA.nnm_weights(dist, f)) == [set(r) for r in F.nnm_neighbours(x, f).tolist()]
 
 
 # ---------------------------------------------------------------- real GPU compilation, without a GPU

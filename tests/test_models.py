@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from byzbn.models import make_cnn, norm_layers
+from byzbn.nn.models import make_cnn, norm_layers
 
 INPUT_SHAPES = [((1, 28, 28), 7), ((1, 8, 8), 2), ((3, 32, 32), 8)]  # (C, H, W), side after two pools
 

@@ -1,4 +1,4 @@
-"""byzbn.norm: the federated BN layer against F.batch_norm references (float64), and its custom backward."""
+"""byzbn.nn: the federated BN layer against F.batch_norm references (float64), and its custom backward."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +8,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from byzbn import stats as bnstats
-from byzbn.norm import FederatedBatchNorm, KernelClientBatchNorm, KernelMoments, client_moments, configure, federated_bn_layers
+from byzbn.nn import (BNPass, FederatedBatchNorm, KernelClientBatchNorm, KernelMoments, bn_pass, client_moments,
+                      federated_bn_layers)
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 
@@ -78,12 +79,20 @@ def _per_client_reference(layer, x, clients):
                       for xi in x.chunk(clients)])
 
 
+
+def _per_client_reference(layer, x, clients):
+    """Each client's batch through F.batch_norm(training=True) on its own: what naive BN computes."""
+    return torch.cat([F.batch_norm(xi, None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
+                      for xi in x.chunk(clients)])
+
+
 @pytest.mark.parametrize("backend", ["kernel", "torch"])
 def test_client_mode_equals_bn_on_each_client_batch_with_gradients(backend):
     layer, x, clients = _layer(3), _batch(4, 5, 3), 4
-    configure([layer], mode="client", clients=clients, stats_backend=backend)
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    out, ref = layer(x1), _per_client_reference(layer, x2, clients)
+    with bn_pass([layer], BNPass(mode="client", clients=clients, backend=backend)):
+        out = layer(x1)
+    ref = _per_client_reference(layer, x2, clients)
     torch.testing.assert_close(out, ref, **TOL[torch.float64])
     up = torch.randn_like(out)
     g = torch.autograd.grad((out * up).sum(), [x1, layer.weight, layer.bias])
@@ -95,9 +104,9 @@ def test_client_mode_equals_bn_on_each_client_batch_with_gradients(backend):
 @pytest.mark.parametrize("backend", ["kernel", "torch"])
 def test_union_mode_equals_bn_on_the_concatenated_batch_with_gradients(backend):
     layer, x = _layer(2), _batch(3, 4, 2)
-    configure([layer], mode="union", clients=3, stats_backend=backend)
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    out = layer(x1)
+    with bn_pass([layer], BNPass(mode="union", clients=3, backend=backend)):
+        out = layer(x1)
     ref = F.batch_norm(x2, None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
     torch.testing.assert_close(out, ref, **TOL[torch.float64])
     up = torch.randn_like(out)
@@ -109,8 +118,8 @@ def test_union_mode_equals_bn_on_the_concatenated_batch_with_gradients(backend):
 
 def test_global_mode_normalizes_with_the_running_statistics_as_constants():
     layer, x = _layer(3), _batch(2, 4, 3).requires_grad_(True)
-    configure([layer], mode="global", clients=2)
-    out = layer(x)
+    with bn_pass([layer], BNPass(mode="global", clients=2)):
+        out = layer(x)
     ref = (x - layer.running_mean.view(1, 3, 1, 1)) / torch.sqrt(layer.running_var.view(1, 3, 1, 1) + layer.eps) \
         * layer.weight.view(1, 3, 1, 1) + layer.bias.view(1, 3, 1, 1)
     torch.testing.assert_close(out, ref, **TOL[torch.float64])
@@ -121,32 +130,39 @@ def test_global_mode_normalizes_with_the_running_statistics_as_constants():
 
 
 @pytest.mark.parametrize("mode", ["client", "union", "global"])
-def test_recording_appends_the_per_client_batch_statistics_and_counts(mode):
+def test_recording_returns_the_per_client_batch_statistics_and_counts(mode):
     layer, x = _layer(3), _batch(4, 2, 3)
-    sink: list = []
-    configure([layer], mode=mode, clients=4, record=True, sink=sink)
-    layer(x)
-    assert len(sink) == 1
+    with bn_pass([layer], BNPass(mode=mode, clients=4, record=True)) as record:
+        layer(x)
+    outputs = record.outputs()
+    assert len(outputs) == 1 and record.output(layer) is outputs[0]
     ref = bnstats.client_stats(x.view(4, 2, 3, 3, 2))
-    torch.testing.assert_close(sink[0][0], ref.mean, **TOL[torch.float64])
-    torch.testing.assert_close(sink[0][1], ref.var, **TOL[torch.float64])
-    assert not sink[0][0].requires_grad and layer.last_count == 2 * 3 * 2
+    torch.testing.assert_close(outputs[0].mean, ref.mean, **TOL[torch.float64])
+    torch.testing.assert_close(outputs[0].var, ref.var, **TOL[torch.float64])
+    assert not outputs[0].mean.requires_grad and outputs[0].count == 2 * 3 * 2
+    # The record's BNStats: one ClientStats per layer, the count per client as an int64 tensor.
+    (stats,) = record.bn_stats(4).clients
+    torch.testing.assert_close(stats.mean, ref.mean, **TOL[torch.float64])
+    assert torch.equal(stats.count, torch.full((4,), 12, dtype=torch.int64))
+    assert record.bn_stats(4).merged is None  # only a synchronized (FedTAN) pass merges in the forward
 
 
 def test_eval_mode_is_bn_with_the_running_statistics_and_ignores_the_mode():
     layer, x = _layer(3), _batch(2, 3, 3)
-    configure([layer], mode="client", clients=2)
     layer.eval()
     ref = F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0, layer.eps)
-    torch.testing.assert_close(layer(x), ref, **TOL[torch.float64])
+    with bn_pass([layer], BNPass(mode="client", clients=2, record=True)) as record:
+        out = layer(x)
+    torch.testing.assert_close(out, ref, **TOL[torch.float64])
+    assert record.outputs() == []  # eval mode returns nothing into the pass
 
 
 def test_running_buffers_are_not_touched_by_a_training_pass():
     layer, x = _layer(3), _batch(2, 3, 3)
     before = (layer.running_mean.clone(), layer.running_var.clone())
     for mode in ("client", "union", "global"):
-        configure([layer], mode=mode, clients=2)
-        layer(x)
+        with bn_pass([layer], BNPass(mode=mode, clients=2, record=True)):
+            layer(x)
     torch.testing.assert_close(layer.running_mean, before[0], rtol=0, atol=0)
     torch.testing.assert_close(layer.running_var, before[1], rtol=0, atol=0)
 
@@ -161,21 +177,29 @@ def test_bad_arguments_raise_value_errors():
     layer = FederatedBatchNorm(2)
     with pytest.raises(ValueError, match=r"shape \[N, 2"):
         layer(torch.zeros(4, 3, 2, 2))
-    configure([layer], clients=3)
-    with pytest.raises(ValueError, match="clients=3"):
+    with pytest.raises(ValueError, match="clients=3"), bn_pass([layer], BNPass(clients=3)):
         layer(torch.zeros(4, 2, 2, 2))
     with pytest.raises(ValueError, match="mode must be one of"):
-        configure([layer], mode="batch")
+        BNPass(mode="batch")
     with pytest.raises(ValueError, match="clients must be"):
-        configure([layer], clients=0)
-    configure([layer], clients=1, record=True)
-    layer.sink = None
-    with pytest.raises(ValueError, match="sink"):
-        layer(torch.zeros(4, 2, 2, 2))
+        BNPass(clients=0)
+    with pytest.raises(ValueError, match="clients must be"):
+        BNPass(clients=True)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        BNPass(backend="cuda")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        BNPass().replace(mode="batch")  # a changed copy is validated too
+    # A record (the old sink) always comes with the pass: what can go wrong is a spec that is not a
+    # BNPass, or a layer running twice into one record (two forwards in one pass).
+    with pytest.raises(ValueError, match="spec must be a BNPass"), bn_pass([layer], "client"):
+        pass
+    with pytest.raises(ValueError, match="ran twice in one pass"), bn_pass([layer], BNPass(record=True)):
+        layer(torch.randn(4, 2, 2, 2))
+        layer(torch.randn(4, 2, 2, 2))
 
 
 def test_federated_bn_layers_lists_the_layers_in_forward_order():
-    from byzbn.models import make_cnn, norm_layers
+    from byzbn.nn.models import make_cnn, norm_layers
 
     model = make_cnn((1, 8, 8), 10, 0.125, norm=FederatedBatchNorm)
     assert federated_bn_layers(model) == norm_layers(model)
@@ -187,34 +211,35 @@ def test_federated_bn_layers_lists_the_layers_in_forward_order():
 def test_client_mode_property(clients, b, c, spatial, seed):
     assume(b * max(1, int(torch.tensor(spatial).prod())) >= 2)  # BN in training needs 2 elements per channel
     layer, x = _layer(c, seed=seed), _batch(clients, b, c, spatial=spatial, seed=seed + 1)
-    configure([layer], mode="client", clients=clients)
-    torch.testing.assert_close(layer(x), _per_client_reference(layer, x, clients), rtol=1e-9, atol=1e-9)
+    with bn_pass([layer], BNPass(mode="client", clients=clients)):
+        out = layer(x)
+    torch.testing.assert_close(out, _per_client_reference(layer, x, clients), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("mode,backend", [("client", "kernel"), ("client", "torch"), ("union", "kernel"),
                                           ("global", "kernel")])
 def test_keeping_the_normalized_input_changes_neither_output_nor_gradients(mode, backend):
     layer, x = _layer(3), _batch(4, 3, 3)
-    outs, grads = [], []
+    outs, grads, kept = [], [], []
     up = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
     for keep in (False, True):
-        configure([layer], mode=mode, clients=4, stats_backend=backend)
-        layer.keep_normalized = keep
         xi = x.clone().requires_grad_(True)
-        out = layer(xi)
+        with bn_pass([layer], BNPass(mode=mode, clients=4, backend=backend, keep_normalized=keep)) as record:
+            out = layer(xi)
         outs.append(out)
+        kept.append(record.output(layer).normalized)
         grads.append(torch.autograd.grad((out * up).sum(), [xi, layer.weight, layer.bias]))
     torch.testing.assert_close(outs[0], outs[1], **TOL[torch.float64])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, **TOL[torch.float64])
+    assert kept[0] is None  # x̂ is returned only when asked for
     expected = (outs[1] - layer.bias.view(1, 3, 1, 1)) / layer.weight.view(1, 3, 1, 1)
-    torch.testing.assert_close(layer.normalized.reshape(x.shape), expected.detach(), **TOL[torch.float64])
+    assert kept[1].shape == (4, 3, 3, 3, 2) and not kept[1].requires_grad
+    torch.testing.assert_close(kept[1].reshape(x.shape), expected.detach(), **TOL[torch.float64])
 
 
 def test_sync_mode_needs_the_schemes_callable():
-    layer = FederatedBatchNorm(2)
-    configure([layer], mode="sync", clients=2)
     with pytest.raises(ValueError, match="needs the scheme's sync callable"):
-        layer(torch.randn(4, 2, 2, 2))
+        BNPass(mode="sync", clients=2)
     with pytest.raises(ValueError, match="sync must be a callable"):
-        configure([layer], sync=3)
+        BNPass(sync=3)

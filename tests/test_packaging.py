@@ -27,8 +27,20 @@ def test_non_editable_install_adds_only_byzbn_to_site_packages():
     top_level.discard("__pycache__")
     assert top_level == {"byzbn"}
     installed = {str(p) for p in dist.files}
-    for sub in ("kernels", "attacks", "defenses"):
+    for sub in ("kernels", "attacks", "defenses", "cli", "data", "fl", "nn", "schemes"):
         assert f"byzbn/{sub}/__init__.py" in installed
+
+
+def test_every_package_of_the_source_tree_is_listed_for_installation():
+    # setuptools installs only the packages pyproject.toml names: a subpackage left out installs broken.
+    import tomllib
+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set()
+    for package, folder in setuptools["package-dir"].items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            found.add(".".join([package, *init.parent.relative_to(REPO / folder).parts]))
+    assert found == set(setuptools["packages"])
 
 
 def test_subpackages_import_under_byzbn():

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from byzbn.partition import PARTITION_KINDS, label_histogram, parse_partition, partition
+from byzbn.data import PARTITION_KINDS, label_histogram, parse_partition, partition
 
 # mnist5k-like labels: 10 balanced classes of 400 (the mnist5k train split), label-sorted like a raw dump.
 BALANCED = torch.arange(10).repeat_interleave(400)

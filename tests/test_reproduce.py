@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from byzbn import attack_eval
+from byzbn.cli import runner
 from byzbn.reproduce import build_parser, main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,8 +131,8 @@ def test_a_second_invocation_trains_nothing_and_prints_the_same_table(tiny_npz, 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(attack_eval, "run_plan", no_training)
-    monkeypatch.setattr(attack_eval, "run_one", no_training)
+    monkeypatch.setattr(runner, "run_plan", no_training)
+    monkeypatch.setattr(runner, "run_one", no_training)
     code, second, stderr = run(fig3_args(tiny_npz, out), capsys)
     assert code == 0, stderr
     assert second == first
@@ -143,7 +143,7 @@ def test_an_interrupted_reproduction_continues_where_it_stopped(tiny_npz, tmp_pa
     reference = tmp_path / "reference"
     assert run(fig3_args(tiny_npz, reference), capsys)[0] == 0
     out = tmp_path / "interrupted"
-    real_run_one, calls = attack_eval.run_one, []
+    real_run_one, calls = runner.run_one, []
 
     def interrupt_at_the_sixth_run(*args, **kwargs):  # cell gamma-0's second run: its first run has finished
         calls.append(args[1:3])
@@ -151,7 +151,7 @@ def test_an_interrupted_reproduction_continues_where_it_stopped(tiny_npz, tmp_pa
             raise KeyboardInterrupt
         return real_run_one(*args, **kwargs)
 
-    monkeypatch.setattr(attack_eval, "run_one", interrupt_at_the_sixth_run)
+    monkeypatch.setattr(runner, "run_one", interrupt_at_the_sixth_run)
     with pytest.raises(KeyboardInterrupt):
         main(fig3_args(tiny_npz, out))
     assert (out / "gamma-1" / "seed-0" / "done.json").is_file()
@@ -162,9 +162,9 @@ def test_an_interrupted_reproduction_continues_where_it_stopped(tiny_npz, tmp_pa
     finished_state = (finished.read_bytes(), finished.stat().st_mtime_ns)
 
     plans = []
-    real_run_plan = attack_eval.run_plan
-    monkeypatch.setattr(attack_eval, "run_one", real_run_one)
-    monkeypatch.setattr(attack_eval, "run_plan", lambda plan: plans.append(plan) or real_run_plan(plan))
+    real_run_plan = runner.run_plan
+    monkeypatch.setattr(runner, "run_one", real_run_one)
+    monkeypatch.setattr(runner, "run_plan", lambda plan: plans.append(plan) or real_run_plan(plan))
     code, _, stderr = run(fig3_args(tiny_npz, out), capsys)
     assert code == 0, stderr
     assert [p.out for p in plans] == [out / "gamma-0" / "seed-0"] and plans[0].resume
@@ -204,6 +204,14 @@ BAD_ARGUMENTS = [
     (["fig4", "--defenses", "mean"], "unknown robust rule 'mean'"),
     (["fig4", "--defenses", ""], "--defenses is empty"),
     (["fig4", "--attack", "nope"], "invalid choice: 'nope'"),
+    (["fig4", "--attack", "none"], "invalid choice: 'none'"),
+    (["fig4", "--pre", "nope"], "--pre: unknown pre-aggregator 'nope'"),
+    (["fig4", "--target", "everything"], "invalid choice: 'everything'"),
+    (["fig4", "--attack", "alie", "--attack-param", "zz=1"], "unknown parameter(s) ['zz']"),
+    (["fig4", "--algorithm", "fedavg", "--local-steps", "2"], "--steps=3 is not a multiple of --local-steps=2"),
+    (["fig3", "--attack", "alie"], "unrecognized arguments: --attack"),
+    (["fig3", "--seed", "1"], "unrecognized arguments: --seed"),
+    (["fig3", "--plugin", "/nonexistent/rules.py"], "--plugin /nonexistent/rules.py: no such file"),
 ]
 
 
@@ -235,7 +243,8 @@ def test_help_explains_every_flag():
         for action in sub._actions:
             assert action.help, action.option_strings
         text = sub.format_help()
-        for flag in ("--gammas", "--seeds", "--dataset", "--data-root", "--steps", "--device", "--out", "--width"):
+        for flag in ("--gammas", "--seeds", "--dataset", "--data-root", "--steps", "--device", "--out", "--width",
+                     "--algorithm", "--plugin"):
             assert flag in text
     assert "--defenses" in parser._subparsers._group_actions[0].choices["fig4"].format_help()
 
@@ -256,7 +265,7 @@ def test_aggregate_and_curves_of_hand_made_runs():
     assert row["best_mean"] == pytest.approx(0.6) and row["best_std"] == pytest.approx(0.1)
     config = {"seeds": 3, "clients": 5, "byzantine": 1, "attack": "sign-flip", "attack_fields": "mean",
               "dataset": "digits", "steps": 3, "width": 0.125, "batch_size": 4, "gammas": [0.0],
-              "schemes": ["fbn"], "defenses": "median"}
+              "schemes": ["fbn"], "defenses": "median", "pre": "nnm", "target": "stats"}
     table = format_tables("fig4", config, rows)
     assert "| fbn | – | 30.0 ± 10.0 / 60.0 ± 10.0 (!1 diverged) | – |" in table
 

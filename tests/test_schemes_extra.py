@@ -15,19 +15,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from functools import partial
+
 from byzbn import stats as bnstats
-from byzbn.attacks import attack_stats, make_attack
-from byzbn.client_grads import client_split_grads
+from byzbn.attacks import AttackContext, attack_stats, make_attack
 from byzbn.defenses import make_defense
-from byzbn.federation import Federation, make_scenario
-from byzbn.models import make_cnn, norm_layers
-from byzbn.norm import FederatedBatchNorm, HybridBatchNorm, configure
-from byzbn.schemes import StatsChannel, make_scheme
-from byzbn.schemes_extra import differentiable_robust_merge, synchronize
+from byzbn.fl.client_grads import client_split_grads
+from byzbn.fl.dsgd import Federation
+from byzbn.fl.passes import batched_pass, loop_pass, split_pass
+from byzbn.fl.scenario import make_scenario
+from byzbn.nn import BNPass, FederatedBatchNorm, HybridBatchNorm, bn_pass
+from byzbn.nn.models import make_cnn, norm_layers
+from byzbn.schemes import StatsChannel, make_scheme, synchronize
 from federation_data import client_data
-
-
-
 
 N_CLIENTS, F_BYZ = 6, 2
 H = N_CLIENTS - F_BYZ
@@ -52,15 +52,14 @@ def _batch(clients: int, b: int, c: int, seed: int = 1) -> torch.Tensor:
     return (torch.randn(clients, b, c, 3, 2, generator=gen, dtype=torch.float64) * 2 + offsets).reshape(-1, c, 3, 2)
 
 
-def _channel(attack=None, defense="mean", f=F_BYZ, fields="both") -> StatsChannel:
+def _channel(attack=None, defense="mean", f=F_BYZ, fields="both", n=None) -> StatsChannel:
     rule = make_defense(defense, f, pre=None if defense == "mean" else "nnm")
-    return StatsChannel(H + f, f, attack, fields, rule)
+    n = H + f if n is None else n
+    return StatsChannel(attack, fields, rule, AttackContext(n, f, defense=rule, channel="stats"))
 
 
-def _sync_layer(channel: StatsChannel, c: int = 3) -> FederatedBatchNorm:
-    layer = _layer(c)
-    configure([layer], mode="sync", clients=H, sync=lambda s: synchronize(channel, s), stats_backend="torch")
-    return layer
+def _sync_pass(channel: StatsChannel, backend: str = "torch", clients: int = H) -> BNPass:
+    return BNPass(mode="sync", clients=clients, backend=backend, record=True, sync=partial(synchronize, channel))
 
 
 def _grads(out, up, tensors):
@@ -71,10 +70,10 @@ def _grads(out, up, tensors):
 @pytest.mark.parametrize("f", [0, F_BYZ])
 @pytest.mark.parametrize("backend", ["kernel", "torch"])
 def test_fedtan_layer_with_the_mean_is_bn_on_the_union_of_the_honest_batches(f, backend):
-    layer, x = _sync_layer(_channel(f=f)), _batch(H, 4, 3)
-    configure([layer], stats_backend=backend)
+    layer, x = _layer(3), _batch(H, 4, 3)
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    out = layer(x1)
+    with bn_pass([layer], _sync_pass(_channel(f=f), backend)) as record:
+        out = layer(x1)
     ref = F.batch_norm(x2, None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
     torch.testing.assert_close(out, ref, **TOL64)
     up = torch.randn_like(out)
@@ -82,24 +81,27 @@ def test_fedtan_layer_with_the_mean_is_bn_on_the_union_of_the_honest_batches(f, 
     for a, b in zip(_grads(out, up, [x1, layer.weight, layer.bias]), _grads(ref, up, [x2, layer.weight, layer.bias])):
         torch.testing.assert_close(a, b, **TOL64)
     exact = bnstats.merge_stats(bnstats.client_stats(x.view(H, 4, 3, 3, 2)))
-    torch.testing.assert_close(layer.sync_stats.mean, exact.mean, **TOL64)
-    torch.testing.assert_close(layer.sync_stats.var, exact.var, **TOL64)
-    assert layer.sync_stats.count == (H + f) * 4 * 6 and not layer.sync_stats.mean.requires_grad
+    merged = record.output(layer).merged
+    torch.testing.assert_close(merged.mean, exact.mean, **TOL64)
+    torch.testing.assert_close(merged.var, exact.var, **TOL64)
+    assert int(merged.count) == (H + f) * 4 * 6 and not merged.mean.requires_grad
+    assert merged is record.bn_stats(H).merged[0]
 
 
 @pytest.mark.parametrize("attack,defense,fields", [("sign-flip", "median", "mean"), ("alie", "trimmed-mean", "both"),
                                                    ("optimal-alie", "median", "var"), ("alie", "mean", "both")])
 def test_fedtan_layer_normalizes_with_the_robust_merge_of_the_attacked_layer_submission(attack, defense, fields):
     channel = _channel(make_attack(attack), defense, fields=fields)
-    layer, x = _sync_layer(channel), _batch(H, 4, 3, seed=5)
+    layer, x = _layer(3), _batch(H, 4, 3, seed=5)
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    out = layer(x1)
+    with bn_pass([layer], _sync_pass(channel)) as record:
+        out = layer(x1)
     # Reference: the attack's rows from the honest rows as constants, byzbn.stats' robust merge.
     var, mean = torch.var_mean(x2.view(H, 4, 3, 3, 2), dim=(1, 3, 4), correction=0)
     honest = bnstats.ClientStats(mean, var, torch.full((H,), 24, dtype=torch.int64))
     rows = attack_stats(bnstats.ClientStats(mean.detach(), var.detach(), honest.count), channel.attack,
-                        N_CLIENTS, F_BYZ, fields=fields, defense=channel.aggregator)
-    quiet = attack_stats(honest, None, N_CLIENTS, F_BYZ)  # the no-op rows, with their gradients
+                        channel.context, fields=fields)
+    quiet = attack_stats(honest, None, channel.context)  # the no-op rows, with their gradients
     targeted = {"mean", "var"} if fields == "both" else {fields}
     rows = bnstats.ClientStats(torch.cat([mean, (rows if "mean" in targeted else quiet).mean[H:]]),
                                torch.cat([var, (rows if "var" in targeted else quiet).var[H:]]), rows.count)
@@ -110,28 +112,46 @@ def test_fedtan_layer_normalizes_with_the_robust_merge_of_the_attacked_layer_sub
     up = torch.randn_like(out)
     for a, b in zip(_grads(out, up, [x1, layer.weight]), _grads(ref, up, [x2, layer.weight])):
         torch.testing.assert_close(a, b, **TOL64)
-    torch.testing.assert_close(layer.sync_stats.mean, merged.mean.detach(), **TOL64)
-    assert layer.sync_stats.clamped == merged.clamped
+    recorded = record.output(layer).merged
+    torch.testing.assert_close(recorded.mean, merged.mean.detach(), **TOL64)
+    assert recorded.clamped == merged.clamped
 
 
 @pytest.mark.parametrize("attack", ["nan", "inf"])
 def test_a_fault_attack_on_fedtan_is_filtered_forward_and_backward(attack):
-    layer, x = _sync_layer(_channel(make_attack(attack), "median")), _batch(H, 4, 3, seed=2).requires_grad_(True)
-    out = layer(x)
+    layer, x = _layer(3), _batch(H, 4, 3, seed=2).requires_grad_(True)
+    with bn_pass([layer], _sync_pass(_channel(make_attack(attack), "median"))):
+        out = layer(x)
     (gx,) = torch.autograd.grad(out.pow(2).sum(), [x])
     assert torch.isfinite(out).all() and torch.isfinite(gx).all()
 
 
-def test_differentiable_robust_merge_equals_the_stats_robust_merge():
+def test_synchronize_without_byzantine_rows_is_the_stats_robust_merge_differentiably():
+    # synchronize replaced schemes_extra.differentiable_robust_merge: byzbn.stats.robust_merge_stats is
+    # itself differentiable now, and a channel with f = 0 submits the honest rows as they are.
     gen = torch.Generator().manual_seed(3)
     rows = bnstats.ClientStats(torch.randn(7, 5, generator=gen, dtype=torch.float64),
-                               torch.rand(7, 5, generator=gen, dtype=torch.float64) - 0.2,  # some clamps
+                               torch.rand(7, 5, generator=gen, dtype=torch.float64) - 0.2,
                                torch.full((7,), 9, dtype=torch.int64))
+    rows.var[:, -1] -= 2.0  # a channel whose merged variance is negative: clamped
     for rule in (make_defense("median", 3, pre="nnm"), make_defense("mean", 3, pre=None)):
-        got, want = differentiable_robust_merge(rows, rule), bnstats.robust_merge_stats(rows, rule)
+        channel = StatsChannel(None, "both", rule, AttackContext(7, 0, defense=rule))
+        mean, var = rows.mean.clone().requires_grad_(True), rows.var.clone().requires_grad_(True)
+        got = synchronize(channel, bnstats.ClientStats(mean, var, rows.count))
+        want = bnstats.robust_merge_stats(rows, rule)
         for name in ("mean", "var", "var_unbiased"):
             torch.testing.assert_close(getattr(got, name), getattr(want, name), **TOL64)
-        assert (got.count, got.clamped) == (want.count, want.clamped)
+        assert (int(got.count), got.clamped) == (int(want.count), want.clamped) and got.clamped > 0
+        g_mean, g_var = torch.autograd.grad(got.mean.sum() + got.var.sum(), [mean, var])
+        assert torch.isfinite(g_mean).all() and torch.isfinite(g_var).all() and g_var.abs().sum() > 0
+        if rule.name == "mean":
+            # The two-phase merge with the mean, differentiated: d μ̂/d μ_j = 1/n; on a channel whose
+            # variance is kept, d v̂/d v_j = 1/n and d v̂/d μ_j = 2(μ_j − μ̂)/n; a clamped one is constant.
+            kept = want.var > 0
+            deviation = 2 * (rows.mean - want.mean) / 7
+            torch.testing.assert_close(g_mean, 1 / 7 + torch.where(kept, deviation, torch.zeros_like(deviation)),
+                                       **TOL64)
+            torch.testing.assert_close(g_var, kept.expand(7, -1).to(g_var.dtype) / 7, **TOL64)
 
 
 def _data(samples_per_client: int = 20):
@@ -147,6 +167,13 @@ def _federation(scheme_name, scenario="no-attack", target="stats", attack="alie"
     sc = make_scenario(scenario, N_CLIENTS, F_BYZ, make_attack(attack),
                        make_defense(defense, F_BYZ, pre=None if defense == "mean" else "nnm"), target=target)
     return Federation(model, scheme, sc, x.to(dtype), y, parts, batch_size=BATCH, lr=0.1, momentum=0.9, seed=3)
+
+
+def _step_pass(fed: Federation, step: int):
+    """(x, y, the step's channel, the scheme's BNPass) of DSGD step `step`, as Federation.step builds them."""
+    x, y = fed.client_batch(step)
+    channel = fed.stats_channel(step, (x, y))
+    return x, y, channel, fed.scheme.bn_pass(step, channel)
 
 
 def test_fedtan_training_without_attack_is_plain_batchnorm_on_the_union():
@@ -177,20 +204,21 @@ def test_fedtan_training_without_attack_is_plain_batchnorm_on_the_union():
 def test_fedtan_running_statistics_follow_the_synchronized_statistics():
     fed = _federation("fedtan", "attack+defense", attack="sign-flip", defense="median")
     before = [(layer.running_mean.clone(), layer.running_var.clone()) for layer in fed.layers]
+    x, y, _, spec = _step_pass(fed, 0)
+    synced = batched_pass(fed.model, x, y, spec, H).bn.merged  # what step 0's pass returns (sign-flip: no noise)
+    assert synced is not None and len(synced) == len(fed.layers)
     fed.step()
-    for layer, (rm, rv) in zip(fed.layers, before):
-        merged = layer.sync_stats
+    for layer, (rm, rv), merged in zip(fed.layers, before, synced):
+        count = merged.count.to(merged.var.dtype)
         torch.testing.assert_close(layer.running_mean, 0.9 * rm + 0.1 * merged.mean)
-        torch.testing.assert_close(layer.running_var, 0.9 * rv + 0.1 * merged.var * merged.count / (merged.count - 1))
+        torch.testing.assert_close(layer.running_var, 0.9 * rv + 0.1 * merged.var * count / (count - 1))
 
 
 def test_split_gradients_of_fedtan_average_to_the_federation_gradient():
     fed = _federation("fedtan", "attack", "grads", attack="sign-flip", dtype=torch.float64)
-    x, y = fed.client_batch(0)
-    fed.scheme.prepare(fed.layers, 0)
-    split = fed.split_pass(x, y, stats_backend="torch")
-    fed.per_client = False
-    whole = fed.batched_pass(x, y)
+    x, y, _, spec = _step_pass(fed, 0)
+    split = split_pass(fed.model, x, y, spec, H, backend="torch")
+    whole = batched_pass(fed.model, x, y, spec, H)
     flat = torch.cat([g.reshape(-1) for g in whole.mean_grads])
     torch.testing.assert_close(split.client_grads.mean(dim=0), flat, **TOL64)
     assert not torch.allclose(split.client_grads[0], split.client_grads[1])
@@ -202,23 +230,26 @@ def test_split_gradients_of_uncoupled_clients_are_their_own_gradients(scheme):
     fed = _federation(scheme, "attack", "grads", dtype=torch.float64)
     if scheme == "groupnorm":
         with pytest.raises(ValueError, match="got a GroupNorm"):
-            client_split_grads(fed.model, fed.params, lambda: fed.model(torch.zeros(2, *SHAPE)).sum(), 2)
+            client_split_grads(fed.model, fed.params, lambda: fed.model(torch.zeros(2, *SHAPE)).sum(), 2, BNPass())
         return
-    x, y = fed.client_batch(1)
-    fed.scheme.prepare(fed.layers, 1)
-    loop = fed.loop_pass(x, y)
-    split = fed.split_pass(x, y)
+    x, y, _, spec = _step_pass(fed, 1)
+    loop = loop_pass(fed.model, x, y, spec, H)
+    split = split_pass(fed.model, x, y, spec, H)
     torch.testing.assert_close(split.client_grads, loop.client_grads, rtol=1e-9, atol=1e-11)
-    assert all(layer.normalized is None and not layer.keep_normalized for layer in fed.layers)
+    # x̂ was kept for the split only inside its pass: nothing the pass set survives it.
+    assert all(layer.active_pass is None and not layer.bn_pass.keep_normalized for layer in fed.layers)
+    _, _, record = client_split_grads(fed.model, fed.params, lambda: F.cross_entropy(fed.model(x), y), H,
+                                      spec.replace(clients=H))
+    assert all(o.normalized is not None for o in record.outputs()) and len(record.outputs()) == len(fed.layers)
 
 
 def test_split_gradients_validate():
     model = nn.Sequential(nn.Linear(3, 2))
     with pytest.raises(ValueError, match="clients must be"):
-        client_split_grads(model, list(model.parameters()), lambda: model(torch.zeros(2, 3)).sum(), 0)
+        client_split_grads(model, list(model.parameters()), lambda: model(torch.zeros(2, 3)).sum(), 0, BNPass())
     other = nn.Linear(2, 2)
     with pytest.raises(ValueError, match=r"params\[0\] is not a parameter"):
-        client_split_grads(model, [other.weight], lambda: model(torch.zeros(2, 3)).sum(), 2)
+        client_split_grads(model, [other.weight], lambda: model(torch.zeros(2, 3)).sum(), 2, BNPass(clients=2))
 
 
 # ---------------------------------------------------------------- hbn
@@ -227,10 +258,11 @@ def test_hbn_mix_limits_are_naive_and_fbn_normalizations(limit, mode):
     hybrid, plain, x = _layer(3, HybridBatchNorm), _layer(3), _batch(4, 5, 3)
     with torch.no_grad():
         hybrid.mix_logit.fill_(limit)  # a = sigmoid(±50) is 1 or 0 in float64
-    configure([hybrid], mode="hybrid", clients=4)
-    configure([plain], mode=mode, clients=4, stats_backend="torch")
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    out, ref = hybrid(x1), plain(x2)
+    with bn_pass([hybrid], BNPass(mode="hybrid", clients=4)):
+        out = hybrid(x1)
+    with bn_pass([plain], BNPass(mode=mode, clients=4, backend="torch")):
+        ref = plain(x2)
     torch.testing.assert_close(out, ref, **TOL64)
     up = torch.randn_like(out)
     for a, b in zip(_grads(out, up, [x1, hybrid.weight, hybrid.bias]), _grads(ref, up, [x2, plain.weight, plain.bias])):
@@ -240,13 +272,13 @@ def test_hbn_mix_limits_are_naive_and_fbn_normalizations(limit, mode):
 def test_hbn_starts_halfway_learns_its_mix_and_evaluates_with_the_global_statistics():
     layer, x = _layer(3, HybridBatchNorm), _batch(4, 5, 3)
     assert torch.equal(torch.sigmoid(layer.mix_logit), torch.full((3,), 0.5, dtype=torch.float64))
-    configure([layer], mode="hybrid", clients=4)
     var, mean = torch.var_mean(x.view(4, 5, 3, 3, 2), dim=(1, 3, 4), correction=0)
     mix_mean = 0.5 * layer.running_mean + 0.5 * mean
     mix_var = 0.5 * layer.running_var + 0.5 * var
     ref = ((x.view(4, 5, 3, 3, 2) - mix_mean.view(4, 1, 3, 1, 1)) / torch.sqrt(mix_var.view(4, 1, 3, 1, 1) + layer.eps)
            * layer.weight.view(1, 1, 3, 1, 1) + layer.bias.view(1, 1, 3, 1, 1)).view_as(x)
-    out = layer(x)
+    with bn_pass([layer], BNPass(mode="hybrid", clients=4)):
+        out = layer(x)
     torch.testing.assert_close(out, ref, **TOL64)
     (g,) = torch.autograd.grad(out.pow(2).sum(), [layer.mix_logit])
     assert (g != 0).all()
@@ -254,25 +286,34 @@ def test_hbn_starts_halfway_learns_its_mix_and_evaluates_with_the_global_statist
     torch.testing.assert_close(layer(x), F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight,
                                                       layer.bias, False, 0.0, layer.eps), **TOL64)
     plain = FederatedBatchNorm(3)
-    configure([plain], mode="hybrid")
-    with pytest.raises(ValueError, match="needs a HybridBatchNorm"):
+    with pytest.raises(ValueError, match="needs a HybridBatchNorm"), bn_pass([plain], BNPass(mode="hybrid")):
         plain(x.float())
+
+
+def test_hbn_outside_a_pass_is_its_hybrid_normalization():
+    # A HybridBatchNorm's default pass is the hybrid one: used as a plain module it mixes, a FederatedBatchNorm
+    # normalizes with its batch statistics.
+    layer, x = _layer(3, HybridBatchNorm), _batch(1, 6, 3)
+    assert layer.bn_pass == BNPass(mode="hybrid") and FederatedBatchNorm(3).bn_pass == BNPass()
+    with bn_pass([layer], BNPass(mode="hybrid")):
+        inside = layer(x)
+    torch.testing.assert_close(layer(x), inside, rtol=0, atol=0)
 
 
 def test_hbn_server_statistics_are_fbns_merge():
     hbn, fbn = _federation("hbn", "attack+defense", attack="alie", defense="median"), \
         _federation("fbn", "attack+defense", attack="alie", defense="median")
-    x, _ = hbn.client_batch(0)
-    sink: list = []
-    configure(hbn.layers, mode="hybrid", clients=H, record=True, sink=sink)
-    hbn.model(x)
-    honest = hbn._collect(sink, H)
+    x, y = hbn.client_batch(0)
+    with bn_pass(hbn.layers, BNPass(mode="hybrid", clients=H, record=True)) as record:
+        hbn.model(x)
+    honest = record.bn_stats(H)
     for fed in (hbn, fbn):
-        fed.scheme.server_update(fed.layers, honest, fed.scenario.stats_channel(), 0)
+        fed.scheme.server_update(fed.layers, honest, fed.stats_channel(0, (x, y)), 0)
     for a, b in zip(hbn.layers, fbn.layers):
         torch.testing.assert_close(a.running_mean, b.running_mean, rtol=0, atol=0)
         torch.testing.assert_close(a.running_var, b.running_var, rtol=0, atol=0)
-    assert sum(name.endswith("mix_logit") for name in hbn.names) == len(hbn.layers)  # learnable, one per layer
+    names = [name for name, _ in hbn.model.named_parameters()]
+    assert sum(name.endswith("mix_logit") for name in names) == len(hbn.layers)  # learnable, one per layer
 
 
 # ---------------------------------------------------------------- groupnorm

@@ -15,14 +15,12 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from byzbn import stats
-from byzbn.defenses import functional, make_defense
+from byzbn.kernels import reference as functional
 
 # Relative to the data's magnitude M = max|x|: means to TOL·M, variances to TOL·M².
 TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
 DTYPES = list(TOL)
 MOMENTUM = 0.1
-
-
 
 
 @st.composite
@@ -78,7 +76,7 @@ def test_merged_client_stats_equal_batch_norm_on_the_concatenated_batch(federati
 
     # The batch statistics BN uses in training, computed directly on the union in float64.
     ref_var, ref_mean = torch.var_mean(union64.transpose(0, 1).reshape(channels, -1), dim=1, correction=0)
-    assert g.count == total
+    assert g.count.dtype == torch.int64 and g.count.shape == () and int(g.count) == total
     assert_close(g.mean, ref_mean, tol * m)
     assert_close(g.var, ref_var, tol * m * m)
     assert_close(g.var_unbiased, ref_var * total / (total - 1), tol * m * m)
@@ -132,8 +130,8 @@ def test_robust_merge_with_the_mean_and_equal_counts_is_the_exact_merge(federati
     batches, dtype, m = federation
     s = stats.client_stats(torch.stack(batches))  # equal batches: one call for all clients
     exact = stats.merge_stats(s)
-    robust = stats.robust_merge_stats(s, make_defense("mean", 0, pre=None))
-    assert robust.count == exact.count
+    robust = stats.robust_merge_stats(s, functional.mean)
+    assert torch.equal(robust.count, exact.count)
     assert robust.clamped == 0
     assert_close(robust.mean, exact.mean, TOL[dtype] * m)
     assert_close(robust.var, exact.var, TOL[dtype] * m * m)
@@ -163,17 +161,25 @@ def test_robust_merge_clamps_and_counts_negative_variances_from_attacked_rows(n,
     assert_close(g.var[~negative], expected[~negative], TOL[dtype] * 100)
 
 
-@given(st.lists(st.integers(1, 4), min_size=1, max_size=3), st.integers(1, 6), st.integers(1, 3),
-       st.sampled_from(DTYPES), st.integers(0, 2**32 - 1))
-def test_concatenated_layers_merge_and_split_like_each_layer_alone(widths, clients, batch, dtype, seed):
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(1, 3)), min_size=1, max_size=3), st.integers(1, 6),
+       st.integers(1, 3), st.sampled_from(DTYPES), st.integers(0, 2**32 - 1))
+def test_concatenated_layers_merge_and_split_like_each_layer_alone(layer_shapes, clients, batch, dtype, seed):
+    # Each layer (width c, spatial size s) has its own count per client: concat_stats must carry them.
     gen = torch.Generator().manual_seed(seed)
-    layers = [stats.client_stats(torch.randn(clients, batch + 1, c, 2, generator=gen, dtype=torch.float64).to(dtype))
-              for c in widths]
-    merged = stats.split_stats(stats.merge_stats(stats.concat_stats(layers)), widths)
-    for layer, part in zip(layers, merged):
+    widths = [c for c, _ in layer_shapes]
+    layers = [stats.client_stats(torch.randn(clients, batch + 1, c, s, generator=gen, dtype=torch.float64).to(dtype))
+              for c, s in layer_shapes]
+    concat = stats.concat_stats(layers)
+    per_channel = torch.cat([layer.count[:, None].expand(clients, c) for layer, c in zip(layers, widths)], dim=1)
+    assert torch.equal(concat.channel_counts(), per_channel)
+    merged = stats.split_stats(stats.merge_stats(concat), widths)
+    robust = stats.split_stats(stats.robust_merge_stats(concat, functional.mean), widths)
+    for layer, part, rpart in zip(layers, merged, robust):
         alone = stats.merge_stats(layer)
-        assert part.count == alone.count
+        assert torch.equal(part.count, alone.count) and torch.equal(rpart.count, alone.count)
         for a, b in ((part.mean, alone.mean), (part.var, alone.var), (part.var_unbiased, alone.var_unbiased)):
+            assert_close(a, b, TOL[dtype] * 100)
+        for a, b in ((rpart.mean, alone.mean), (rpart.var, alone.var), (rpart.var_unbiased, alone.var_unbiased)):
             assert_close(a, b, TOL[dtype] * 100)
 
 
@@ -184,21 +190,20 @@ def test_robust_merge_counts_each_negative_coordinate_a_defense_returns():
     g = stats.robust_merge_stats(s, lambda x: torch.tensor([-1.0, 2.0, -0.5, 0.0]))
     assert g.clamped == 2
     assert g.var.tolist() == [0.0, 2.0, 0.0, 0.0]
-    assert g.count == 15
+    assert g.count.tolist() == 15
 
 
 def test_robust_merge_with_the_median_ignores_f_negative_variance_rows():
     mean = torch.zeros(5, 3, dtype=torch.float64)
     var = torch.tensor([[1.0, 2.0, 3.0]] * 3 + [[-1e6, -1e6, -1e6]] * 2, dtype=torch.float64)
-    g = stats.robust_merge_stats(stats.ClientStats(mean, var, torch.full((5,), 4)),
-                                 make_defense("median", 2, pre=None))
+    g = stats.robust_merge_stats(stats.ClientStats(mean, var, torch.full((5,), 4)), functional.coordinate_median)
     assert g.clamped == 0
     assert g.var.tolist() == [1.0, 2.0, 3.0]
 
 
 def test_robust_merge_count_ignores_a_minority_lying_about_counts():
     s = stats.ClientStats(torch.zeros(5, 1), torch.ones(5, 1), torch.tensor([10, 10, 10, 10**9, 10**9]))
-    assert stats.robust_merge_stats(s, functional.coordinate_median).count == 5 * 10
+    assert stats.robust_merge_stats(s, functional.coordinate_median).count.tolist() == 5 * 10
 
 
 def test_update_running_with_momentum_one_and_zero():
@@ -233,13 +238,14 @@ def test_client_stats_rejects_bad_inputs(x, match):
     (torch.zeros(3), torch.zeros(3), torch.ones(3, dtype=torch.int64), "mean and var must both have shape"),
     (torch.zeros(3, 2), torch.zeros(3, 3), torch.ones(3, dtype=torch.int64), "mean and var must both have shape"),
     (torch.zeros(3, 2), torch.zeros(3, 2), torch.ones(2, dtype=torch.int64), "count must have shape"),
+    (torch.zeros(3, 2), torch.zeros(3, 2), torch.ones(3, 3, dtype=torch.int64), r"count must have shape \[n\]=3 or"),
     ([[0.0]], [[0.0]], [1], "mean must be a torch.Tensor"),
     (torch.zeros(3, 2, dtype=torch.int64), torch.zeros(3, 2, dtype=torch.int64), torch.ones(3, dtype=torch.int64),
      "mean and var must share a floating dtype"),
     (torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.float64), torch.ones(3, dtype=torch.int64),
      "mean and var must share a floating dtype"),
     (torch.zeros(3, 2), torch.zeros(3, 2), torch.full((3,), 2.5), "count must have an integer dtype"),
-], ids=["1-d", "var-shape", "count-shape", "non-tensor", "int-dtype", "mixed-dtype", "float-count"])
+], ids=["1-d", "var-shape", "count-shape", "count-columns", "non-tensor", "int-dtype", "mixed-dtype", "float-count"])
 def test_client_stats_container_rejects_bad_fields(mean, var, count, match):
     with pytest.raises(ValueError, match=match):
         stats.ClientStats(mean, var, count)

@@ -170,7 +170,7 @@ def _standardized(name, x_train, y_train, x_test, y_test, scale: float, num_clas
 
 @functools.lru_cache(maxsize=4)
 def _load_cifar10(data_root: str, download: bool) -> Dataset:
-    from byzbn._torchvision import import_torchvision
+    from byzbn.data._torchvision import import_torchvision
 
     datasets = import_torchvision().datasets
     try:

@@ -7,7 +7,7 @@ fake (meta) kernels for `torchvision::nms` / `torchvision::qnms` unconditionally
 which never call these ops, so declaring the two op schemas (the same ones torchvision's C++ code
 declares) is enough for the import to succeed. The ops stay without kernels: calling them raises.
 
-Only imported lazily (by the cifar10 loader), never at `import byzbn` time.
+Only imported lazily (by the cifar10 loader), never at `import byzbn.data` time.
 """
 from __future__ import annotations
 

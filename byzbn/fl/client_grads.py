@@ -10,7 +10,7 @@ gradients with respect to the module outputs (one backward):
 
     Linear:  dW_i = Σ_rows∈i  g ⊗ x,  db_i = Σ g
     Conv2d:  dW_i = conv2d_weight of client i's rows (all clients at once as a grouped convolution)
-    FederatedBatchNorm (affine):  dw_i = Σ g·x̂,  db_i = Σ g   (x̂ kept by the layer for this)
+    FederatedBatchNorm (affine):  dw_i = Σ g·x̂,  db_i = Σ g   (x̂ returned by the layer: keep_normalized)
 
 The loss is the mean over all h·B rows, so the parts sum to its gradient; the rows returned are h
 times the parts, so that their mean is the federation's gradient and, for schemes that do not couple
@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from byzbn.norm import FederatedBatchNorm, HybridBatchNorm
+from byzbn.nn import BNPass, FederatedBatchNorm, HybridBatchNorm, PassRecord, bn_pass
 
 SUPPORTED = (nn.Linear, nn.Conv2d, FederatedBatchNorm)
 
@@ -62,23 +62,26 @@ def _conv2d(m: nn.Conv2d, x: torch.Tensor, g: torch.Tensor, h: int) -> dict:
     return out
 
 
-def _batch_norm(m: FederatedBatchNorm, g: torch.Tensor, h: int) -> dict:
-    if m.normalized is None or m.normalized.shape[0] * m.normalized.shape[1] != g.shape[0]:
-        raise ValueError("the FederatedBatchNorm kept no normalized input for this pass (keep_normalized was off)")
-    gs = g.view(m.normalized.shape)
+def _batch_norm(m: FederatedBatchNorm, g: torch.Tensor, h: int, record: PassRecord) -> dict:
+    output = record.output(m)
+    normalized = None if output is None else output.normalized
+    if normalized is None or normalized.shape[0] * normalized.shape[1] != g.shape[0]:
+        raise ValueError("the FederatedBatchNorm returned no normalized input for this pass (keep_normalized was off)")
+    gs = g.view(normalized.shape)
     dims = (1,) + tuple(range(3, gs.dim()))
-    mixed = m.normalized.shape[0] != h  # the layer ran with clients=1 on the stacked batch: split its rows
-    xhat = m.normalized.reshape(h, -1, *m.normalized.shape[2:]) if mixed else m.normalized
+    mixed = normalized.shape[0] != h  # the layer ran with clients=1 on the stacked batch: split its rows
+    xhat = normalized.reshape(h, -1, *normalized.shape[2:]) if mixed else normalized
     gs = gs.reshape(xhat.shape)
     return {id(m.weight): (gs * xhat).sum(dim=dims), id(m.bias): gs.sum(dim=dims)}
 
 
 def client_split_grads(model: nn.Module, params: list[nn.Parameter], loss_fn: Callable[[], torch.Tensor],
-                       clients: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, [clients, d] per-client gradients) from one forward (`loss_fn()`) and one backward.
+                       clients: int, spec: BNPass) -> tuple[torch.Tensor, torch.Tensor, PassRecord]:
+    """(loss, [clients, d] per-client gradients, the pass record) from one forward and one backward.
 
-    The forward must run the stacked batch client-major with the loss the mean over all its rows;
-    `params` gives the order of the flattened gradient (each parameter used once per row).
+    `loss_fn()` runs the forward of the stacked batch client-major, with the loss the mean over all
+    its rows, inside a BN pass `spec` (with x̂ kept); `params` gives the order of the flattened
+    gradient (each parameter used once per row).
     """
     if isinstance(clients, bool) or not isinstance(clients, int) or clients < 1:
         raise ValueError(f"clients must be an int >= 1, got {clients!r}")
@@ -91,17 +94,14 @@ def client_split_grads(model: nn.Module, params: list[nn.Parameter], loss_fn: Ca
                              f"{type(module).__name__} was called twice")
         captured[module] = (args[0].detach(), output)
 
-    norms = [m for m in owners if isinstance(m, FederatedBatchNorm)]
+    layers = [m for m in model.modules() if isinstance(m, FederatedBatchNorm)]
     handles = [m.register_forward_hook(keep) for m in owners]
-    for m in norms:
-        m.keep_normalized = True
     try:
-        loss = loss_fn()
+        with bn_pass(layers, spec.replace(keep_normalized=True)) as record:
+            loss = loss_fn()
     finally:
         for handle in handles:
             handle.remove()
-        for m in norms:
-            m.keep_normalized = False
     grads_out = torch.autograd.grad(loss, [captured[m][1] for m in owners], allow_unused=True)
     parts: dict = {}
     for m, g in zip(owners, grads_out):
@@ -113,14 +113,12 @@ def client_split_grads(model: nn.Module, params: list[nn.Parameter], loss_fn: Ca
         elif isinstance(m, nn.Conv2d):
             parts.update(_conv2d(m, x, g, clients))
         else:
-            parts.update(_batch_norm(m, g, clients))
-    for m in norms:
-        m.normalized = None
+            parts.update(_batch_norm(m, g, clients, record))
     missing = [i for i, p in enumerate(params) if id(p) not in parts]
     if missing:
         raise ValueError(f"params[{missing[0]}] is not a parameter of the model's supported modules")
     flat = torch.cat([parts[id(p)].reshape(clients, -1) for p in params], dim=1)
-    return loss.detach(), flat * clients
+    return loss.detach(), flat * clients, record
 
 
 __all__ = ["SUPPORTED", "client_split_grads"]

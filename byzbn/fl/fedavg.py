@@ -8,10 +8,10 @@ DSGD would):
    steps on its own batches (the same seeded batches as DSGD's steps t): gradient g_i, client
    momentum m_i ← β·m_i + (1 − β)·g_i, θ_i ← θ_i − lr·m_i. The momentums are kept across rounds
    (FixBN's finding) unless `reset_client_momentum`, which zeroes them at the start of every round;
-2. BN layers normalize as the scheme says for each local step (`scheme.prepare_local`): with the
+2. BN layers normalize as the scheme says for each local step (`scheme.local_bn_pass`): with the
    server's running statistics of the round's start (constants during the round), with the client's
    own batch statistics, or, for FedTAN's synchronized first local step, with the global batch
-   statistics of all clients (one stacked pass split by client, byzbn.client_grads);
+   statistics of all clients (one stacked pass split by client, byzbn.fl.client_grads);
 3. the server aggregates the model updates Δθ_i = θ_i − θ: with the scenario's aggregator when the
    attack targets the gradient channel (`--target grads`: under FedAvg the updates), else their mean
    (the Byzantine rows being the no-op honest mean), and sets θ ← θ + aggregate;
@@ -36,11 +36,13 @@ import torch.nn.functional as F
 
 from byzbn._checks import check_int
 from byzbn._threads import one_cpu_thread
-from byzbn.federation import _DROPOUT_STREAM, Federation, step_seed
-from byzbn.norm import configure
+from byzbn.attacks import byzantine_rows
+from byzbn.fl import seeds
+from byzbn.fl.dsgd import Federation
+from byzbn.fl.passes import concat_rows, split_pass
+from byzbn.nn import BNStats, LayerOutput, bn_pass
 
 LOCAL_ENGINES = ("auto", "vmap", "loop")
-_CLIENT_DROPOUT_STREAM = 2  # + client index: the loop engine's dropout seeds
 
 
 class FedAvgFederation(Federation):
@@ -61,9 +63,9 @@ class FedAvgFederation(Federation):
         if local_engine == "auto":
             local_engine = "vmap" if self.params[0].is_cuda else "loop"
         self.local_engine = local_engine
+        self.names = [name for name, _ in model.named_parameters()]
         self.sizes = [p.numel() for p in self.params]
-        d = sum(self.sizes)
-        self.momentum = torch.zeros(self.h, d, device=self.params[0].device, dtype=self.params[0].dtype)
+        self.momentum = torch.zeros(self.h, sum(self.sizes), device=self.params[0].device, dtype=self.params[0].dtype)
 
     # ---------------------------------------------------------------- flat parameters
     def _flat_params(self) -> torch.Tensor:
@@ -80,31 +82,27 @@ class FedAvgFederation(Federation):
             theta[rows].sub_(self.momentum[rows], alpha=self.lr)
 
     # ---------------------------------------------------------------- local steps
-    def _loop_steps(self, theta, batches, r, first, recorded, losses) -> None:
+    def _loop_steps(self, theta, batches, specs, r, first, recorded, losses) -> None:
         """Each client runs local steps first … E − 1 on the shared module, one client after another."""
-        sinks = {e: [] for e in range(first, self.local_steps)}
+        per_step = {e: [] for e in range(first, self.local_steps)}
         for i in range(self.h):
             for e in range(first, self.local_steps):
                 t = r * self.local_steps + e
                 x, y = batches[e]
                 xi, yi = x.view(self.h, -1, *x.shape[1:])[i], y.view(self.h, -1)[i]
-                self.scheme.prepare_local(self.layers, r, e)
-                sink: list = []
-                configure(self.layers, clients=1, stats_backend="kernel", sink=sink)
                 self._load_flat(theta[i])
-                torch.manual_seed(step_seed(self.seed, t, _CLIENT_DROPOUT_STREAM + i))
-                loss = F.cross_entropy(self.model(xi), yi)
-                grads = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, self.params)])
+                with seeds.seeded_torch_rng(seeds.step_seed(self.seed, t, seeds.CLIENT_DROPOUT_STREAM + i), x.device):
+                    with bn_pass(self.layers, specs[e].replace(clients=1, backend="kernel")) as record:
+                        loss = F.cross_entropy(self.model(xi), yi)
+                    grads = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, self.params)])
                 self._local_update(theta, grads, i)
                 losses[e] += float(loss.detach()) / self.h
-                sinks[e].append(sink)
-        for e, per_client in sinks.items():
-            if per_client[0]:
-                recorded[e] = self._collect([(torch.cat([s[k][0] for s in per_client]),
-                                              torch.cat([s[k][1] for s in per_client]))
-                                             for k in range(len(self.layers))], self.h)
+                per_step[e].append(record.bn_stats(1))
+        for e, clients in per_step.items():
+            if clients[0] is not None:
+                recorded[e] = BNStats([concat_rows([c.clients[k] for c in clients]) for k in range(len(self.layers))])
 
-    def _vmap_steps(self, theta, batches, r, first, recorded, losses) -> None:
+    def _vmap_steps(self, theta, batches, specs, r, first, recorded, losses) -> None:
         """All clients at once per local step: parameters stacked per client, one vmap'd forward, one backward."""
         from torch.func import functional_call, vmap
 
@@ -113,25 +111,27 @@ class FedAvgFederation(Federation):
         for e in range(first, self.local_steps):
             t = r * self.local_steps + e
             x, y = batches[e]
-            self.scheme.prepare_local(self.layers, r, e)
-            configure(self.layers, clients=1, stats_backend="torch")  # the kernel is not vmappable
+            spec = specs[e].replace(clients=1, backend="torch")  # the kernel is not vmappable
             flat = theta.detach().clone().requires_grad_(True)
             stacked = {name: flat[:, a:b].view(self.h, *p.shape)
                        for name, p, a, b in zip(self.names, self.params, offsets, offsets[1:])}
+            counts: list[int] = []
 
             def client_loss(p, xb, yb):
-                sink: list = []
-                configure(self.layers, sink=sink)
-                return F.cross_entropy(functional_call(self.model, (p, buffers), (xb,)), yb), sink
+                with bn_pass(self.layers, spec) as record:
+                    loss = F.cross_entropy(functional_call(self.model, (p, buffers), (xb,)), yb)
+                outputs = record.outputs() if spec.record else []
+                counts[:] = [o.count for o in outputs]
+                return loss, [(o.mean, o.var) for o in outputs]
 
-            torch.manual_seed(step_seed(self.seed, t, _DROPOUT_STREAM))
-            client_losses, sink = vmap(client_loss, randomness="different")(
-                stacked, x.view(self.h, -1, *x.shape[1:]), y.view(self.h, -1))
-            configure(self.layers, sink=[])
+            with seeds.seeded_torch_rng(seeds.step_seed(self.seed, t, seeds.DROPOUT_STREAM), x.device):
+                client_losses, moments = vmap(client_loss, randomness="different")(
+                    stacked, x.view(self.h, -1, *x.shape[1:]), y.view(self.h, -1))
             (grads,) = torch.autograd.grad(client_losses.sum(), flat)
             self._local_update(theta, grads)
             losses[e] = float(client_losses.detach().mean())
-            recorded[e] = self._stats_or_none(sink, self.h)
+            if moments:
+                recorded[e] = BNStats([LayerOutput(m, v, c).client_stats(self.h) for (m, v), c in zip(moments, counts)])
 
     # ---------------------------------------------------------------- the round
     def step(self, engine: Optional[str] = None) -> float:
@@ -141,52 +141,41 @@ class FedAvgFederation(Federation):
             raise ValueError(f"engine must be one of {list(LOCAL_ENGINES[1:])}, got {engine!r}")
         E = self.local_steps
         r = self.step_count // E
+        batches = [self.client_batch(r * E + e) for e in range(E)]
+        channel = self.stats_channel(r, batches[0])
+        specs = [self.scheme.local_bn_pass(r, e, channel) for e in range(E)]
         self.model.train()
         if self.reset_client_momentum:
             self.momentum.zero_()
-        for layer in self.layers:
-            layer.sync_stats = None
         theta0 = self._flat_params()
         theta = theta0.unsqueeze(0).repeat(self.h, 1)
-        batches = [self.client_batch(r * E + e) for e in range(E)]
         recorded: list = [None] * E
         losses = [0.0] * E
         first = 0
         with one_cpu_thread(theta.device):
             if self.scheme.sync_layers:  # FedTAN: every client holds θ, so the first local step runs stacked
-                self.scheme.prepare_local(self.layers, r, 0)
-                torch.manual_seed(step_seed(self.seed, r * E, _DROPOUT_STREAM))
-                result = self.split_pass(*batches[0])
+                with seeds.seeded_torch_rng(seeds.step_seed(self.seed, r * E, seeds.DROPOUT_STREAM), theta.device):
+                    result = split_pass(self.model, *batches[0], specs[0], self.h)
                 self._local_update(theta, result.client_grads)
-                recorded[0], losses[0], first = result.stats, float(result.loss), 1
+                recorded[0], losses[0], first = result.bn, float(result.loss), 1
             if first < E:
-                (self._vmap_steps if engine == "vmap" else self._loop_steps)(theta, batches, r, first, recorded,
-                                                                             losses)
+                (self._vmap_steps if engine == "vmap" else self._loop_steps)(theta, batches, specs, r, first,
+                                                                             recorded, losses)
         with torch.no_grad():
-            self._load_flat(theta0 + self._aggregate_updates(theta - theta0))
-            steps_stats = [s for s in recorded if s is not None]
-            if self.layers and steps_stats and self.scheme.submits_stats(r):
-                self.stats_clamped += self.scheme.server_round(self.layers, steps_stats,
-                                                               self.scenario.stats_channel(), r)
-        self.comm_rounds += self.scheme.exchanges(r)
+            self._load_flat(theta0 + self._aggregate_updates(theta - theta0, r, batches[0]))
+            steps = [s for s in recorded if s is not None]
+            if self.layers and steps and self.scheme.submits_stats(r):
+                self.stats_clamped += self.scheme.server_round(self.layers, steps, channel, r)
+        self.comm_rounds += self.scheme.exchanges(r, len(self.layers))
         self.step_count += E
         return sum(losses) / E
 
-    def _aggregate_updates(self, deltas: torch.Tensor) -> torch.Tensor:
+    def _aggregate_updates(self, deltas: torch.Tensor, round: int, batches) -> torch.Tensor:
         if not self.per_client:
             return deltas.mean(dim=0)  # the no-op Byzantine rows leave the mean of the honest updates
-        from byzbn.attacks import byzantine_rows
-
-        agg = self.scenario.channel_aggregator("grads")
-        rows = torch.cat([deltas, byzantine_rows(deltas, self.scenario.attack, self.scenario.n, self.scenario.f,
-                                                 defense=agg)])
-        return agg(rows)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.momentum.copy_(state["momentum"])
-        self.step_count, self.comm_rounds = int(state["step"]), int(state["comm_rounds"])
-        self.stats_clamped = int(state["stats_clamped"])
+        context = self.attack_context(round, "grads", batches)
+        rows = torch.cat([deltas, byzantine_rows(deltas, self.scenario.channel_attack("grads"), context)])
+        return context.defense(rows)
 
 
 __all__ = ["LOCAL_ENGINES", "FedAvgFederation"]

@@ -1,0 +1,108 @@
+"""Train a validated Plan: every scheme × scenario run, with checkpoints, metrics and the summary in --out.
+
+A run killed at any instant resumes (--resume) from its last checkpoint to the same metrics; a finished
+run is read back from its checkpoint and never retrained.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+
+from byzbn import results
+from byzbn.cli.validate import Plan
+from byzbn.run_config import build_federation
+
+
+def _reached(before: int, after: int, every: int) -> bool:
+    """Whether going from step `before` to `after` (one DSGD step or one FedAvg round) passed a multiple of every."""
+    return after // every > before // every
+
+
+def run_one(plan: Plan, scheme_name: str, scenario_name: str, done_records: list[dict]) -> tuple[dict, list[dict]]:
+    """Train one scheme × scenario (resuming from its checkpoint); returns (summary entry, metric records)."""
+    from tqdm import tqdm
+
+    c = plan.config
+    ckpt_path = plan.out / "checkpoints" / f"{results.run_key(scheme_name, scenario_name)}.pt"
+    saved = results.load_checkpoint(ckpt_path) if plan.resume else None
+    if saved is not None and saved["finished"]:
+        return saved["summary"], saved["records"]
+    fed = build_federation(plan.config, scheme_name, scenario_name, plan.dataset, plan.client_indices, plan.device,
+                           plan.attack, plan.defense)
+    x_test, y_test = plan.dataset.x_test.to(plan.device), plan.dataset.y_test.to(plan.device)
+    records, window, wall, status = [], [], 0.0, "ok"
+    if saved is not None:
+        fed.load_state_dict(saved["federation"])
+        records, window, wall = saved["records"], saved["window"], saved["wall_s"]
+    start = time.perf_counter()
+
+    def evaluate() -> None:
+        acc, loss = fed.evaluate(x_test, y_test)
+        records.append({"scheme": scheme_name, "scenario": scenario_name, "step": fed.step_count,
+                        "test_acc": acc, "test_loss": results.finite_or_none(loss),
+                        "train_loss": results.finite_or_none(sum(window) / len(window)) if window else None,
+                        "comm_rounds": fed.comm_rounds, "stats_clamped": fed.stats_clamped})
+        window.clear()
+
+    def summary(finished_wall: float) -> dict:
+        accs = [r["test_acc"] for r in records]
+        return {"scheme": scheme_name, "scenario": scenario_name, "final_acc": accs[-1], "best_acc": max(accs),
+                "status": status, "steps_done": fed.step_count, "comm_rounds": fed.comm_rounds,
+                "stats_clamped": fed.stats_clamped, "wall_s": round(finished_wall, 3)}
+
+    if not records:
+        evaluate()
+    bar = tqdm(total=c["steps"], initial=fed.step_count, desc=f"{scheme_name} / {scenario_name}",
+               disable=plan.quiet or not sys.stdout.isatty(), leave=False, dynamic_ncols=True)
+    while fed.step_count < c["steps"]:
+        before = fed.step_count
+        loss = fed.step()
+        window.append(loss)
+        bar.update(fed.step_count - before)
+        problem = (f"non-finite training loss ({loss}) at step {fed.step_count}" if not math.isfinite(loss)
+                   else fed.non_finite())
+        if problem is not None:
+            status = f"diverged: {problem}" + ("" if "step" in problem else f" after step {fed.step_count}")
+            evaluate()
+            break
+        if _reached(before, fed.step_count, c["eval_every"]) or fed.step_count == c["steps"]:
+            evaluate()
+            bar.set_postfix(acc=f"{100 * records[-1]['test_acc']:.1f}%")
+        if _reached(before, fed.step_count, c["checkpoint_every"]) and fed.step_count < c["steps"]:
+            elapsed = wall + time.perf_counter() - start
+            results.save_checkpoint(ckpt_path, {"finished": False, "federation": fed.state_dict(), "records": records,
+                                                "window": window, "wall_s": elapsed})
+            results.write_metrics(plan.out / "metrics.jsonl", done_records + records)
+    bar.close()
+    entry = summary(wall + time.perf_counter() - start)
+    results.save_checkpoint(ckpt_path, {"finished": True, "summary": entry, "records": records})
+    return entry, records
+
+
+def run_plan(plan: Plan) -> list[dict]:
+    """Run every scheme × scenario of the plan, writing the outputs as runs finish; returns the summary."""
+    plan.out.mkdir(parents=True, exist_ok=True)
+    (plan.out / "checkpoints").mkdir(exist_ok=True)
+    if not plan.resume:
+        results.atomic_write_text(plan.out / "config.json", json.dumps(plan.config, indent=2, sort_keys=True) + "\n")
+    summary, records = [], []
+    for scheme_name, scenario_name in plan.runs:
+        entry, run_records = run_one(plan, scheme_name, scenario_name, records)
+        summary.append(entry)
+        records.extend(run_records)
+        results.write_metrics(plan.out / "metrics.jsonl", records)
+        results.write_summary(plan.out, summary, plan.schemes, plan.scenarios)
+        if not plan.quiet:
+            mark = "" if entry["status"] == "ok" else f"  [{entry['status']}]"
+            print(f"{scheme_name:>12} / {scenario_name:<15} final {100 * entry['final_acc']:5.1f}%  "
+                  f"best {100 * entry['best_acc']:5.1f}%  ({entry['wall_s']:.1f} s){mark}", flush=True)
+    c = plan.config
+    title = (f"{c['dataset']}, {c['heterogeneity']}, n={c['clients']}, f={c['byzantine']}, attack={c['attack']} "
+             f"on {c['target']}, defense={results.defense_label(c['pre'], c['defense'])}")
+    results.plot_curves(plan.out / "curves.png", records, plan.schemes, plan.scenarios, title=title)
+    return summary
+
+
+__all__ = ["run_one", "run_plan"]

@@ -1,0 +1,218 @@
+"""One validator for every command: parsed run options -> a checked, loaded Plan, before anything is written.
+
+`plan_from_args` takes the namespace of the shared run options (byzbn.cli.options) plus `out`, `resume`
+and `quiet`, as attack_eval parses them and reproduce builds them for each of its cells. Every problem
+with the arguments is an ArgumentError naming the flag: the explicit range checks, and the ValueErrors
+raised while building the attack, defense, schemes, model, dataset and partition from the arguments
+(wrapped at those call sites). Nothing else is caught here.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import pickle
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from byzbn.cli.errors import ArgumentError, check, flag_errors
+from byzbn.cli.options import pre_aggregator_names
+from byzbn.run_config import (ADDED_DEFAULTS, check_statistics_target, dry_build, resolve_local_steps,
+                              runs_attacked, scheme_params, scheme_steps)
+
+# Arguments that do not change what a run computes: --resume may change them.
+NOT_COMPARED_ON_RESUME = ("out", "resume", "quiet")
+
+
+@dataclass
+class Plan:
+    """Everything validated and loaded before --out is touched."""
+
+    config: dict
+    out: Path
+    dataset: object
+    client_indices: torch.Tensor
+    device: torch.device
+    attack: Optional[object]
+    defense: object
+    runs: list[tuple[str, str]]
+    schemes: list[str]
+    scenarios: list[str]
+    quiet: bool = False
+    resume: bool = False
+    finished: dict = field(default_factory=dict)
+
+
+def csv_items(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_schemes(text: str) -> list[str]:
+    from byzbn.schemes import SCHEMES
+
+    schemes = csv_items(text)
+    check(bool(schemes), "--schemes is empty: give a comma-separated list")
+    for s in schemes:
+        check(s in SCHEMES, f"--schemes: unknown scheme {s!r}: valid schemes are {sorted(SCHEMES)}")
+    check(len(set(schemes)) == len(schemes), f"--schemes lists a scheme twice: {text!r}")
+    return schemes
+
+
+def parse_pre(text: Optional[str]) -> Optional[list[str]]:
+    """--pre as the ordered pre-aggregator names ([] for none); None when --pre was not given."""
+    if text is None:
+        return None
+    names = csv_items(text)
+    if names == ["none"]:
+        return []
+    valid = pre_aggregator_names()
+    check(bool(names), f"--pre is empty: give comma-separated pre-aggregators from {valid}, or none")
+    for name in names:
+        check(name in valid, f"--pre: unknown pre-aggregator {name!r}: valid are {valid}, or none")
+    return names
+
+
+def default_pre(defense: str) -> list[str]:
+    """--pre when not given: NNM before a robust rule (the FBN paper's defenses), nothing before the mean."""
+    return [] if defense == "mean" else ["nnm"]
+
+
+def pre_text(names: list[str]) -> str:
+    """config.json's --pre: the names comma-separated, 'none' for no pre-aggregation."""
+    return ",".join(names) or "none"
+
+
+def parse_attack_params(items: list[str]) -> dict:
+    params = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        check(bool(sep) and key.isidentifier(),
+              f"--attack-param {item!r} is malformed: expected K=V with K a parameter name")
+        try:
+            params[key] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            params[key] = text.strip()
+    return params
+
+
+def _check_ranges(args: argparse.Namespace) -> None:
+    n, f = args.clients, args.byzantine
+    check(n >= 2, f"--clients={n} is out of range: valid >= 2")
+    check(0 <= f and 2 * f < n,
+          f"--byzantine={f} is out of range with --clients={n}: valid 0 <= f <= {(n - 1) // 2} (f < n/2)")
+    check(args.steps >= 1, f"--steps={args.steps} is out of range: valid >= 1")
+    check(args.batch_size >= 2, f"--batch-size={args.batch_size} is out of range: valid >= 2 (BN needs 2 samples)")
+    check(math.isfinite(args.lr) and args.lr > 0, f"--lr={args.lr} is out of range: valid finite > 0")
+    check(0 <= args.momentum < 1, f"--momentum={args.momentum} is out of range: valid [0, 1)")
+    check(math.isfinite(args.width) and args.width > 0, f"--width={args.width} is out of range: valid finite > 0")
+    check(math.isfinite(args.fixbn_freeze), f"--fixbn-freeze={args.fixbn_freeze} is out of range: valid finite")
+    check(args.eval_every >= 1, f"--eval-every={args.eval_every} is out of range: valid >= 1")
+    check(args.checkpoint_every >= 1, f"--checkpoint-every={args.checkpoint_every} is out of range: valid >= 1")
+    check(args.seed >= 0, f"--seed={args.seed} is out of range: valid >= 0")
+    check(not args.resume or args.out is not None, "--resume needs --out: the directory of the runs to continue")
+    check(args.groups >= 1, f"--groups={args.groups} is out of range: valid >= 1")
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda":
+        check(torch.cuda.is_available(), "--device cuda: no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def _load_dataset(args: argparse.Namespace):
+    from byzbn.data import load_dataset
+
+    try:
+        with flag_errors(f"--dataset {args.dataset}"):
+            return load_dataset(args.dataset, data_root=args.data_root, download=args.download)
+    except (OSError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as error:
+        raise ArgumentError(f"--dataset {args.dataset}: cannot read it ({type(error).__name__}: {error})") from error
+
+
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    """Validate every argument and load the data; raises ArgumentError for a bad one, writes nothing."""
+    from byzbn.attacks import make_attack
+    from byzbn.data import parse_partition, partition
+    from byzbn.defenses import make_defense
+    from byzbn.fl.scenario import SCENARIOS
+    from byzbn.schemes import make_scheme
+
+    schemes = parse_schemes(args.schemes)
+    _check_ranges(args)
+    n, f = args.clients, args.byzantine
+    with flag_errors("--local-steps"):
+        local_steps = resolve_local_steps(args.algorithm, args.local_steps, args.reset_client_momentum, args.steps)
+    device = _device(args.device)
+
+    params = parse_attack_params(args.attack_param)
+    if args.attack == "none":
+        check(not params, "--attack-param given with --attack none")
+        attack = None
+    else:
+        with flag_errors(f"--attack {args.attack}"):
+            attack = make_attack(args.attack, **params)
+    pre = parse_pre(args.pre)
+    pre = default_pre(args.defense) if pre is None else pre
+    with flag_errors(f"--defense {args.defense} (--pre {pre_text(pre)})"):
+        defense = make_defense(args.defense, f, pre=pre or None)
+        defense.check_n(n)
+    with flag_errors("--heterogeneity"):
+        parse_partition(args.heterogeneity)
+    resolved = {**vars(args), "local_steps": local_steps}
+    for s in schemes:
+        with flag_errors(f"--schemes {s}"):
+            make_scheme(s, scheme_steps(s, resolved), **scheme_params(s, resolved))
+    with flag_errors("--target"):
+        check_statistics_target(schemes, attack is not None, args.target)
+
+    dataset = _load_dataset(args)
+    for s in schemes:  # e.g. --groups must divide every layer's channels at this --width
+        with flag_errors(f"--schemes {s} at --width {args.width}"):
+            dry_build(s, resolved, dataset)
+    h = n - f
+    with flag_errors(f"--heterogeneity {args.heterogeneity} with {h} honest clients"):
+        client_indices = torch.stack(partition(dataset.y_train, h, args.heterogeneity, args.seed))
+    check(args.batch_size <= client_indices.shape[1],
+          f"--batch-size={args.batch_size} is out of range: each of the {h} honest clients holds "
+          f"{client_indices.shape[1]} samples")
+
+    scenarios = list(SCENARIOS) if attack is not None else ["no-attack"]
+    runs = [(s, sc) for s in schemes for sc in scenarios if sc == "no-attack" or runs_attacked(s, args.target)]
+    config = dict(vars(args))
+    config.update(local_steps=local_steps, pre=pre_text(pre), schemes=schemes, attack_params=params,
+                  device=str(device), honest=h, samples_per_client=int(client_indices.shape[1]),
+                  plugins=list(config.pop("plugin")))
+    config.pop("attack_param")
+    out = Path(args.out) if args.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    config["out"] = str(out)
+    try:  # what config.json will hold (tuples become lists), so that --resume compares like with like
+        config = json.loads(json.dumps(config))
+    except (TypeError, ValueError) as error:
+        raise ArgumentError(f"--attack-param values must be numbers, strings, booleans or None ({error})") from error
+    _check_out(out, config, args.resume)
+    return Plan(config, out, dataset, client_indices, device, attack, defense, runs, schemes, scenarios,
+                quiet=args.quiet, resume=args.resume)
+
+
+def _check_out(out: Path, config: dict, resume: bool) -> None:
+    if resume:
+        saved = out / "config.json"
+        check(saved.is_file(), f"--resume: {saved} does not exist (nothing to resume)")
+        old = json.loads(saved.read_text())
+        diff = sorted(k for k in set(old) | set(config) if k not in NOT_COMPARED_ON_RESUME
+                      and old.get(k, ADDED_DEFAULTS.get(k)) != config.get(k))
+        check(not diff, f"--resume: arguments differ from {saved} in {diff}")
+    else:
+        check(not out.exists() or (out.is_dir() and not any(out.iterdir())),
+              f"--out {out} already exists: pass --resume to continue it, or choose another directory")
+
+
+__all__ = ["Plan", "NOT_COMPARED_ON_RESUME", "csv_items", "parse_schemes", "parse_pre", "default_pre", "pre_text",
+           "parse_attack_params", "plan_from_args"]

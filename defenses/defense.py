@@ -1,0 +1,138 @@
+"""A defense: registered pre-aggregators, in order, then a registered rule — one callable [n, d] -> [d].
+
+    make_defense("median", f=2, pre="nnm")                          # nnm∘median(f=2)
+    make_defense("trimmed-mean", 2, pre=["nnm", ("my-pre", {"k": 3})], beta=0.1)
+    make_defense("mean", 2)                                         # mean(f=2): pre defaults to None
+
+The repr lists the stages in the order they run, joined by ∘, with f shown once (on the rule).
+Whatever is registered is what runs; the fused kernel (byzbn.kernels.robust_aggregate) is only a fast
+path for the compositions it implements (see defenses.rules.fused_call).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Union
+
+import torch
+
+from byzbn import kernels
+from byzbn._checks import check_f, check_matrix
+from byzbn._registry import check_parameters, keyword_parameters, parameter_defaults, required_parameters
+from byzbn.defenses.registry import PRE_AGGREGATORS, aggregator_class, pre_aggregator_class
+from byzbn.defenses.rules import fused_call
+
+PreItem = Union[str, tuple[str, Mapping]]
+PreSpec = Union[None, PreItem, "list[PreItem]", "tuple[PreItem, ...]"]
+
+
+def _is_item_with_params(item) -> bool:
+    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], Mapping)
+
+
+def parse_pre(pre: PreSpec) -> list[tuple[str, dict]]:
+    """[(name, params)] from pre: None, a name, (name, {params}), or a list/tuple of names and (name, {params})."""
+    if pre is None:
+        return []
+    if isinstance(pre, str) or _is_item_with_params(pre):
+        pre = [pre]
+    if not isinstance(pre, (list, tuple)):
+        raise ValueError(f"pre must be None, a pre-aggregator name, (name, params) or a sequence of those, got {pre!r}")
+    items = []
+    for item in pre:
+        name, params = (item, {}) if isinstance(item, str) else item if _is_item_with_params(item) else (None, None)
+        if name not in PRE_AGGREGATORS:
+            raise ValueError(f"pre must be None or one of {sorted(PRE_AGGREGATORS)} (or a sequence of them, each "
+                             f"optionally as (name, params)), got {item!r}")
+        items.append((name, dict(params)))
+    return items
+
+
+def _build(cls, kind: str, name: str, f: int, params: dict):
+    """Validate params against cls.__init__ and build cls(f, **params); returns (object, params with defaults)."""
+    check_parameters(kind, name, params, keyword_parameters(cls, skip=("f",)), required_parameters(cls, skip=("f",)))
+    full = {**parameter_defaults(cls, skip=("f",)), **params}
+    return cls(f, **params), full
+
+
+def _check_n(obj, f: int, n: int) -> None:
+    check = getattr(obj, "check_n", None)
+    if check is None:
+        check_f(f, n)
+    else:
+        check(n)
+
+
+def _call_args(params: dict) -> str:
+    return "".join(f", {k}={v!r}" for k, v in params.items())
+
+
+class Defense:
+    """pre-aggregators (in order) ∘ rule, built from the registries: callable [n, d] -> [d].
+
+    Attributes: name (the rule's registered name), f, params (the rule's parameters, defaults filled),
+    rule (the rule object), pre (the pre-aggregators' names, in order), pre_params (their parameters),
+    pre_aggregators (the objects). Bounds that need the row count n are checked by check_n at call time.
+    """
+
+    def __init__(self, name: str, f: int, pre: PreSpec = None, **params):
+        rule_cls = aggregator_class(name)
+        self.f = check_f(f)
+        self.name = name
+        items = parse_pre(pre)
+        self.rule, self.params = _build(rule_cls, "aggregator", name, f, params)
+        built = [_build(PRE_AGGREGATORS[p], "pre-aggregator", p, f, kw) for p, kw in items]
+        self.pre = tuple(p for p, _ in items)
+        self.pre_aggregators = tuple(obj for obj, _ in built)
+        self.pre_params = tuple(full for _, full in built)
+        self._fused = fused_call(self.pre_aggregators, self.rule)
+
+    def check_n(self, n: int) -> None:
+        """Raise ValueError naming f and its valid range if some stage cannot run on n rows.
+
+        The rule is checked first (on the rows the pre-aggregators leave): its bound is usually the
+        tighter one (median's 2f < n implies NNM's f < n), so its range is the one worth reporting.
+        """
+        sizes = [n]
+        for p in self.pre_aggregators:
+            rows = getattr(p, "output_rows", None)
+            sizes.append(rows(sizes[-1]) if rows is not None else sizes[-1])
+        _check_n(self.rule, self.f, sizes[-1])
+        for p, m in zip(self.pre_aggregators, sizes):
+            _check_n(p, self.f, m)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        check_matrix("x", x)
+        self.check_n(x.shape[0])
+        if self._fused is not None:
+            rule, nnm = self._fused
+            # Looked up at call time: one module attribute is the dispatch (tests spy on it).
+            return kernels.robust_aggregate(x, self.f, rule, nnm=nnm)
+        d = x.shape[1]
+        y = x
+        for name, p in zip(self.pre, self.pre_aggregators):
+            y = p(y)
+            if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[0] < 1 or y.shape[1] != d:
+                got = list(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+                raise ValueError(f"pre-aggregator {name!r} must return a tensor [m, d={d}] with m >= 1, got {got}")
+        out = self.rule(y)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (d,) or out.dtype != x.dtype:
+            got = f"{list(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"aggregator {self.name!r} must return a tensor [d={d}] of dtype {x.dtype}, got {got}")
+        return out
+
+    def __repr__(self) -> str:
+        stages = [f"{p}({_call_args(kw)[2:]})" if kw else p for p, kw in zip(self.pre, self.pre_params)]
+        return "∘".join(stages + [f"{self.name}(f={self.f}{_call_args(self.params)})"])
+
+
+def make_defense(name: str, f: int, pre: PreSpec = None, **params) -> Defense:
+    """Build pre (None, a name, (name, {params}) or a sequence of those, run in order) ∘ the rule `name`.
+
+    f: the tolerated Byzantine rows, passed to every stage; params: the rule's parameters. Unknown
+    names or parameters raise ValueError listing the valid ones. The default pre is None (no
+    pre-aggregation); the paper's defenses are pre="nnm" with "median" or "trimmed-mean".
+    """
+    return Defense(name, f, pre, **params)
+
+
+__all__ = ["Defense", "make_defense", "parse_pre"]
