@@ -15,9 +15,12 @@ from byzbn.attacks.registry import ATTACKS, Attack, attack_parameters, make_atta
 from byzbn.attacks.rules import (FOE_EPS, ALittleIsEnough, FallOfEmpires, GaussianNoise, InfFault, NaNFault,
                                  SignFlip, alie_z)
 from byzbn.attacks.optimal import OptimalALIE, OptimalFOE, OptimalScaleAttack
+from byzbn.attacks.mimic import Mimic
+from byzbn.attacks.bn_adaptive import BNAdaptive
+from byzbn.attacks.label_flip import LabelFlip, poisons_data
 from byzbn.attacks.stats_submission import FIELDS, NOOPS, attack_stats, byzantine_rows
 
 __all__ = ["AttackContext", "ATTACKS", "Attack", "attack_parameters", "make_attack",
            "register_attack", "register", "FOE_EPS", "alie_z", "SignFlip", "FallOfEmpires", "ALittleIsEnough",
-           "GaussianNoise", "NaNFault", "InfFault", "OptimalScaleAttack", "OptimalFOE", "OptimalALIE", "FIELDS",
-           "NOOPS", "attack_stats", "byzantine_rows"]
+           "GaussianNoise", "NaNFault", "InfFault", "OptimalScaleAttack", "OptimalFOE", "OptimalALIE",
+           "Mimic", "BNAdaptive", "FIELDS", "NOOPS", "attack_stats", "byzantine_rows", "LabelFlip", "poisons_data"]

@@ -1,13 +1,13 @@
 """What an attack is told about the run it attacks (DESIGN.md §9): one immutable value per step and channel.
 
     context = AttackContext(n=10, f=3, defense=make_defense("median", 3, pre="nnm"),
-                            generator=gen, step=step, channel="bn")   # gen: seeded per (seed, step, channel)
+                            generator=gen, step=step, channel="stats")   # gen: seeded per (seed, step, channel)
     rows = attack(honest, context)          # honest [n − f, d] -> Byzantine rows [f, d]
 
 The runner builds one context per step and channel with a generator seeded from (run seed, step,
 channel), so a random attack draws fresh noise every step and channel, and the same noise in two runs
-with the same seed. model and batches are there for adaptive attacks that need them; the built-in
-attacks use n, f, the defense (optimal attacks) and the generator (gaussian).
+with the same seed. model, batches and field are there for adaptive attacks that need them (bn-adaptive);
+the other built-in attacks use n, f, the defense (optimal attacks) and the generator (gaussian).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 
 from byzbn._checks import check_f, check_int
 
+ROW_FIELDS = ("", "mean", "var")  # which BN field the rows are; "" when they are not BN statistics
 DefenseFn = Callable[[torch.Tensor], torch.Tensor]  # the server's aggregation: [n, d] -> [d]
 AttackFn = Callable[[torch.Tensor, "AttackContext"], torch.Tensor]  # honest [h, d], context -> [f, d]
 
@@ -27,7 +28,9 @@ class AttackContext:
     """n clients, f of them Byzantine, attacking the server's `defense` at `step` on `channel`.
 
     generator: where random attacks draw from (None: an attack derives its own, reproducible draw);
-    model / batches: for adaptive attacks (None when the runner does not provide them).
+    model / batches: for adaptive attacks (None when the runner does not provide them);
+    field: on the statistics channel, which field the honest rows hold ("mean" or "var": attack_stats
+    calls the attack once per field, each row being all BN layers' channels concatenated); "" otherwise.
     Fields are validated here, so every attack sees a consistent context.
     """
 
@@ -39,6 +42,10 @@ class AttackContext:
     channel: str = ""
     model: Optional[torch.nn.Module] = None
     batches: Optional[tuple] = None
+    field: str = ""
+    # Data-poisoning attacks (label-flip): the Byzantine clients hold data, train on it their own way,
+    # and these are the [f, d] rows they computed for this channel; None when they hold no data.
+    own_rows: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         check_int("n", self.n, 1)
@@ -54,6 +61,12 @@ class AttackContext:
             raise ValueError(f"model must be None or a torch.nn.Module, got {type(self.model).__name__}")
         if self.batches is not None and not isinstance(self.batches, tuple):
             raise ValueError(f"batches must be None or a tuple, got {type(self.batches).__name__}")
+        if self.own_rows is not None and (not isinstance(self.own_rows, torch.Tensor) or self.own_rows.dim() != 2
+                                          or self.own_rows.shape[0] != self.f):
+            got = tuple(self.own_rows.shape) if isinstance(self.own_rows, torch.Tensor) else type(self.own_rows).__name__
+            raise ValueError(f"own_rows must be None or a tensor [f={self.f}, d], got {got}")
+        if not isinstance(self.field, str) or self.field not in ROW_FIELDS:
+            raise ValueError(f"field must be one of {list(ROW_FIELDS)}, got {self.field!r}")
 
     @property
     def h(self) -> int:
@@ -61,4 +74,4 @@ class AttackContext:
         return self.n - self.f
 
 
-__all__ = ["AttackContext", "AttackFn", "DefenseFn"]
+__all__ = ["AttackContext", "AttackFn", "DefenseFn", "ROW_FIELDS"]

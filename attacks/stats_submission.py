@@ -12,6 +12,7 @@ hold every attack — registered classes that do not derive from Attack included
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -64,8 +65,9 @@ def attack_stats(honest: ClientStats, attack: Optional[AttackFn], context: Attac
     """The full BN-statistics submission of n clients: the h honest rows first, then f Byzantine rows.
 
     fields picks what the attack targets: "mean", "var" or "both". Each attacked field gets the attack's
-    rows computed from the honest rows of that field alone (with the same context: its defense is what
-    optimal attacks search against); the other field gets the no-op: with noop="union" the honest rows'
+    rows computed from the honest rows of that field alone (with the same context, its `field` set to
+    "mean" or "var" so an attack can tell which statistics the rows are; its defense is what optimal
+    attacks search against); the other field gets the no-op: with noop="union" the honest rows'
     mean and total variance (union_row), with noop="mean" the row-wise mean of the honest rows. The
     Byzantine clients claim the median honest count (claimed_count).
     """
@@ -76,9 +78,11 @@ def attack_stats(honest: ClientStats, attack: Optional[AttackFn], context: Attac
     if noop not in NOOPS:
         raise ValueError(f"noop must be one of {list(NOOPS)}, got {noop!r}")
     _check_attack(attack)
+    if not isinstance(context, AttackContext):
+        raise ValueError(f"context must be a byzbn.attacks.AttackContext, got {type(context).__name__}")
     targeted = {"mean", "var"} if fields == "both" else {fields}
-    mean_rows = byzantine_rows(honest.mean, attack if "mean" in targeted else None, context)
-    var_rows = byzantine_rows(honest.var, attack if "var" in targeted else None, context)
+    mean_rows = byzantine_rows(honest.mean, attack if "mean" in targeted else None, replace(context, field="mean"))
+    var_rows = byzantine_rows(honest.var, attack if "var" in targeted else None, replace(context, field="var"))
     if noop == "union" and (attack is None or "var" not in targeted):
         var_rows = repeat_row(union_row(honest), context.f)
     return ClientStats(mean=torch.cat([honest.mean, mean_rows]),

@@ -14,6 +14,12 @@ from byzbn.defenses.registry import (AGGREGATORS, DEFENSES, PRE_AGGREGATORS, Agg
                                      register_pre_aggregator)
 from byzbn.defenses.rules import CoordinateMedian, Mean, NearestNeighbourMixing, TrimmedMean
 from byzbn.defenses.defense import Defense, make_defense
+from byzbn.defenses.iterative_rules import CenteredClipping, GeometricMedian
+from byzbn.defenses.meamed import Meamed
+from byzbn.defenses.pre_aggregators import AdaptiveRobustClipping, Bucketing, Clipping
+from byzbn.defenses.distance_rules import Krum, MoNNA, MultiKrum
+from byzbn.defenses.caf import CAF
+from byzbn.defenses.subset_rules import MDA, SMEA
 
 __all__ = [
     "AGGREGATORS", "PRE_AGGREGATORS", "DEFENSES", "register_aggregator", "register_pre_aggregator",

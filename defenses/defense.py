@@ -7,9 +7,15 @@
 The repr lists the stages in the order they run, joined by ∘, with f shown once (on the rule).
 Whatever is registered is what runs; the fused kernel (byzbn.kernels.robust_aggregate) is only a fast
 path for the compositions it implements (see defenses.rules.fused_call).
+
+Two optional stage methods keep every call pure: a stage with class attribute `stateful = True` has
+with_center(center) -> a copy starting from `center` (centered clipping), a random stage has
+with_generator(gen) -> a copy drawing from `gen` (bucketing). Defense.with_center / with_generator pass
+them on and return a copy (self when no stage needs it); the runner calls them every step.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Union
 
@@ -85,6 +91,45 @@ class Defense:
         self.pre_aggregators = tuple(obj for obj, _ in built)
         self.pre_params = tuple(full for _, full in built)
         self._fused = fused_call(self.pre_aggregators, self.rule)
+
+    @property
+    def stages(self) -> tuple:
+        """The stage objects in the order they run: the pre-aggregators, then the rule."""
+        return (*self.pre_aggregators, self.rule)
+
+    @property
+    def stateful(self) -> bool:
+        """Whether a stage keeps state between calls of a run (class attribute `stateful`, e.g. centered
+        clipping's centre): the runner then passes it with with_center."""
+        return any(getattr(stage, "stateful", False) for stage in self.stages)
+
+    @property
+    def randomized(self) -> bool:
+        """Whether a stage draws random numbers (it has with_generator, e.g. bucketing)."""
+        return any(callable(getattr(stage, "with_generator", None)) for stage in self.stages)
+
+    def _with_stages(self, change) -> "Defense":
+        """A copy whose stages are change(stage) (self unchanged)."""
+        new = copy.copy(self)
+        new.pre_aggregators = tuple(change(p) for p in self.pre_aggregators)
+        new.rule = change(self.rule)
+        new._fused = fused_call(new.pre_aggregators, new.rule)
+        return new
+
+    def with_center(self, center) -> "Defense":
+        """This defense with its stateful stages (`stateful = True`) started from `center` ([d], e.g. the
+        previous aggregate of the channel) via their with_center; self itself when no stage is stateful."""
+        if not self.stateful:
+            return self
+        return self._with_stages(lambda s: s.with_center(center) if getattr(s, "stateful", False) else s)
+
+    def with_generator(self, generator) -> "Defense":
+        """This defense with its random stages drawing from `generator` (a torch.Generator, e.g. the run's
+        generator of this step) via their with_generator; self itself when no stage is random."""
+        if not self.randomized:
+            return self
+        return self._with_stages(lambda s: s.with_generator(generator)
+                                 if callable(getattr(s, "with_generator", None)) else s)
 
     def check_n(self, n: int) -> None:
         """Raise ValueError naming f and its valid range if some stage cannot run on n rows.

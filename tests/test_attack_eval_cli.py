@@ -42,7 +42,7 @@ BAD_ARGUMENTS = [
     (["--schemes", "naive,batch"], "unknown scheme 'batch'"),
     (["--schemes", ","], "--schemes is empty"),
     (["--attack", "nope"], "invalid choice: 'nope'"),
-    (["--defense", "krum"], "invalid choice: 'krum'"),
+    (["--defense", "krumm"], "invalid choice: 'krumm'"),
     (["--clients", "4", "--byzantine", "2"], "--byzantine=2 is out of range"),
     (["--byzantine", "-1"], "--byzantine=-1 is out of range"),
     (["--dataset", "npz:/nonexistent/file.npz"], "dataset file not found"),

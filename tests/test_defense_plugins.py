@@ -145,7 +145,7 @@ def test_parameters_come_from_the_signature(plugins):
                                          r"\[.*'test-first-row'"):
         aggregator_parameters("test-nothing")
     with pytest.raises(ValueError, match=r"unknown pre-aggregator 'x': valid pre-aggregators are "
-                                         r"\['nnm', 'test-double'"):
+                                         r"\['arc', 'bucketing', 'clipping', 'nnm', 'test-double'"):
         pre_aggregator_parameters("x")
 
 
@@ -176,7 +176,7 @@ def test_pre_accepts_names_and_name_params_pairs(pre, parsed):
 
 
 @pytest.mark.parametrize("pre, match", [
-    ("bucketing", r"pre must be None or one of \['nnm'\].*got 'bucketing'"),
+    ("bucket", r"pre must be None or one of \['arc', 'bucketing', 'clipping', 'nnm'\].*got 'bucket'"),
     (["nnm", "clip"], r"got 'clip'"),
     ([("nnm", "k=3")], r"got \('nnm', 'k=3'\)"),
     ({"nnm": {}}, r"pre must be None, a pre-aggregator name, \(name, params\) or a sequence of those"),

@@ -30,14 +30,16 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from byzbn._checks import check_int
-from byzbn.attacks import AttackContext, byzantine_rows
+from byzbn.attacks import AttackContext, byzantine_rows, poisons_data
 from byzbn.fl import seeds
+from byzbn.fl.aggregation import ChannelAggregation
+from byzbn.fl.client import client_batch_indices
+from byzbn.fl.evaluation import evaluate_model, non_finite_state
 from byzbn.fl.passes import ENGINES, PER_CLIENT_GRADS, PassResult, choose_pass
-from byzbn.fl.scenario import Scenario
+from byzbn.fl.scenario import Scenario, incompatibility
 from byzbn.nn import federated_bn_layers
 from byzbn.schemes import Scheme, StatsChannel
 
@@ -51,8 +53,14 @@ class Federation:
                  y_train: torch.Tensor, client_indices: torch.Tensor, *, batch_size: int, lr: float,
                  momentum: float = 0.9, seed: int = 0, per_client_grads: str = "auto"):
         h = scenario.n - scenario.f
-        if client_indices.dim() != 2 or client_indices.shape[0] != h:
-            raise ValueError(f"client_indices must have shape [h = n - f = {h}, m], got {tuple(client_indices.shape)}")
+        # Under a data-poisoning attack the f Byzantine clients hold data too (the last f shares).
+        self.poisoning = poisons_data(scenario.attack)
+        clients = scenario.n if self.poisoning else h
+        if client_indices.dim() != 2 or client_indices.shape[0] not in (h, scenario.n) \
+                or client_indices.shape[0] < clients:
+            need = f"n = {scenario.n} (the Byzantine clients hold data under {scenario.attack!r})" if self.poisoning \
+                else f"h = n - f = {h} (or n = {scenario.n})"
+            raise ValueError(f"client_indices must have shape [{need}, m], got {tuple(client_indices.shape)}")
         check_int("batch_size", batch_size, 1, client_indices.shape[1], why="at most the samples per client")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
@@ -62,11 +70,17 @@ class Federation:
             raise ValueError(f"per_client_grads must be one of {list(PER_CLIENT_GRADS)}, got {per_client_grads!r}")
         if scenario.name != "no-attack" and not scheme.attackable:
             raise ValueError(f"scheme {scheme.name!r} has no Byzantine clients: it runs only the no-attack scenario")
+        reason = incompatibility(scheme, scenario.attack, scenario.targets)
+        if reason is not None:
+            raise ValueError(reason)
         self.model, self.scheme, self.scenario = model, scheme, scenario
-        self.x_train, self.y_train, self.client_indices = x_train, y_train, client_indices.cpu()
-        self.h, self.batch_size, self.lr, self.beta, self.seed = h, batch_size, float(lr), float(momentum), seed
+        self.x_train, self.y_train = x_train, y_train
+        self.client_indices = client_indices[:clients].cpu()
+        self.h, self.clients = h, clients
+        self.batch_size, self.lr, self.beta, self.seed = batch_size, float(lr), float(momentum), seed
         self.layers = federated_bn_layers(model)
         self.params = list(model.parameters())
+        self.num_classes = [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
         self.per_client = scenario.attacks("grads")
         if per_client_grads == "auto":
             per_client_grads = "vmap" if self.params[0].is_cuda else "loop"
@@ -74,27 +88,47 @@ class Federation:
         if self.per_client and scheme.couples_clients and not scheme.sync_layers:
             raise ValueError(f"scheme {scheme.name!r} couples the clients' batches: its gradients cannot be attacked per client")
         d = sum(p.numel() for p in self.params)
-        self.momentum = (torch.zeros(h, d, device=self.params[0].device, dtype=self.params[0].dtype)
+        self.momentum = (torch.zeros(clients, d, device=self.params[0].device, dtype=self.params[0].dtype)
                          if self.per_client else [torch.zeros_like(p) for p in self.params])
+        self.aggregation = {channel: ChannelAggregation(scenario.channel_aggregator(channel))
+                            for channel in ("stats", "grads")}
         self.step_count, self.comm_rounds, self.stats_clamped = 0, 0, 0
 
     # ---------------------------------------------------------------- what a step sees
     def client_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stacked batches of the h clients at `step`: x [h·B, C, H, W], y [h·B] (client-major)."""
-        gen = seeds.generator(self.seed, step, seeds.BATCH_STREAM)
-        m = self.client_indices.shape[1]
-        picks = torch.rand(self.h, m, generator=gen).argsort(dim=1)[:, : self.batch_size]
-        idx = self.client_indices.gather(1, picks).reshape(-1).to(self.x_train.device)
-        return self.x_train[idx], self.y_train[idx]
+        """The stacked batches of the clients at `step`: x [clients·B, C, H, W], y [clients·B] (client-major).
 
-    def attack_context(self, step: int, channel: str, batches: tuple[torch.Tensor, torch.Tensor]) -> AttackContext:
-        """The attack's view of `channel` at `step`: n, f, the server's aggregator, a seeded generator, the model."""
-        return AttackContext(self.scenario.n, self.scenario.f, defense=self.scenario.channel_aggregator(channel),
+        Client i draws B of its samples without replacement from its own generator (seed, step, i), so a
+        client that runs anywhere else (a Flower node) draws exactly the same batch. Data-poisoning
+        Byzantine clients (the last f) get their labels poisoned by the attack.
+        """
+        idx = torch.cat([client_batch_indices(self.client_indices[i], self.batch_size,
+                                              seeds.generator(self.seed, step, seeds.BATCH_STREAM, i))
+                         for i in range(self.clients)]).to(self.x_train.device)
+        x, y = self.x_train[idx], self.y_train[idx]
+        if self.poisoning:
+            honest_rows = self.h * self.batch_size
+            y = torch.cat([y[:honest_rows], self.scenario.attack.poison(y[honest_rows:], self.num_classes)])
+        return x, y
+
+    def attack_context(self, step: int, channel: str, batches: tuple[torch.Tensor, torch.Tensor],
+                       own_rows: Optional[torch.Tensor] = None, defense=None) -> AttackContext:
+        """The attack's view of `channel` at `step`: n, f, the server's aggregator, a seeded generator, the
+        model, the honest batches, and (data poisoning) the rows the Byzantine clients computed."""
+        rows = self.h * self.batch_size
+        defense = self.scenario.channel_aggregator(channel) if defense is None else defense
+        return AttackContext(self.scenario.n, self.scenario.f, defense=defense,
                              generator=seeds.generator(self.seed, step, seeds.ATTACK_STREAMS[channel]), step=step,
-                             channel=channel, model=self.model, batches=batches)
+                             channel=channel, model=self.model, batches=(batches[0][:rows], batches[1][:rows]),
+                             own_rows=own_rows)
+
+    def aggregators(self, step: int, channel: str):
+        """(the server's aggregator of `channel` at `step`, the defense an attack optimises against)."""
+        return self.aggregation[channel].for_step(seeds.generator(self.seed, step, seeds.AGGREGATION_STREAMS[channel]))
 
     def stats_channel(self, step: int, batches: tuple[torch.Tensor, torch.Tensor]) -> StatsChannel:
-        return self.scenario.stats_channel(self.attack_context(step, "stats", batches))
+        server, attacked = self.aggregators(step, "stats")
+        return self.scenario.stats_channel(self.attack_context(step, "stats", batches, defense=attacked), server)
 
     # ---------------------------------------------------------------- the step
     def step(self, engine: str = "batched") -> float:
@@ -106,10 +140,10 @@ class Federation:
         channel = self.stats_channel(t, (x, y))
         spec = self.scheme.bn_pass(t, channel)
         run_pass = choose_pass(engine, self.per_client, self.per_client_grads, self.scheme.couples_clients,
-                               self.scheme.sync_layers, self.h)
+                               self.scheme.sync_layers, self.clients)
         self.model.train()
         with seeds.seeded_torch_rng(seeds.step_seed(self.seed, t, seeds.DROPOUT_STREAM), x.device):
-            result = run_pass(self.model, x, y, spec, self.h)
+            result = run_pass(self.model, x, y, spec, self.clients, honest=self.h)
         with torch.no_grad():
             self._gradient_step(result, t, (x, y))
             if self.layers and self.scheme.submits_stats(t):
@@ -121,14 +155,16 @@ class Federation:
     def _gradient_step(self, result: PassResult, step: int, batches) -> None:
         if self.per_client:
             self.momentum.mul_(self.beta).add_(result.client_grads, alpha=1 - self.beta)
-            context = self.attack_context(step, "grads", batches)
-            rows = torch.cat([self.momentum, byzantine_rows(self.momentum, self.scenario.channel_attack("grads"),
-                                                            context)])
-            update = self._unflatten(context.defense(rows))
+            honest = self.momentum[: self.h]
+            server, attacked = self.aggregators(step, "grads")
+            context = self.attack_context(step, "grads", batches, self.momentum[self.h:] if self.poisoning else None,
+                                          defense=attacked)
+            rows = torch.cat([honest, byzantine_rows(honest, self.scenario.channel_attack("grads"), context)])
+            update = self._unflatten(server(rows))
         else:
             grads = result.mean_grads
-            if grads is None:  # the loop engine: the mean of the per-client gradients
-                grads = self._unflatten(result.client_grads.mean(dim=0))
+            if grads is None:  # the loop engine: the mean of the honest per-client gradients
+                grads = self._unflatten(result.client_grads[: self.h].mean(dim=0))
             for m, g in zip(self.momentum, grads):
                 m.mul_(self.beta).add_(g, alpha=1 - self.beta)
             update = self.momentum
@@ -141,33 +177,17 @@ class Federation:
     # ---------------------------------------------------------------- health, evaluation, state
     def non_finite(self) -> Optional[str]:
         """Why the server's state is broken (non-finite parameters or statistics), or None."""
-        if not all(bool(torch.isfinite(p).all()) for p in self.params):
-            return "non-finite parameters"
-        if not all(bool(torch.isfinite(b).all()) for b in self.model.buffers() if b.is_floating_point()):
-            return "non-finite running statistics"
-        return None
+        return non_finite_state(self.model)
 
-    @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
-        """(accuracy, mean NLL) of the global model in eval mode (the server's running statistics).
-
-        Predictions from non-finite outputs count as wrong; the loss is then NaN.
-        """
-        self.model.eval()
-        correct, loss_sum = 0, 0.0
-        for start in range(0, len(x), batch_size):
-            out = self.model(x[start: start + batch_size])
-            target = y[start: start + batch_size]
-            ok = torch.isfinite(out).all(dim=1)
-            correct += int(((out.argmax(dim=1) == target) & ok).sum())
-            loss_sum += float(F.cross_entropy(out, target, reduction="sum"))
-        self.model.train()
-        return correct / len(x), loss_sum / len(x)
+        """(accuracy, mean NLL) of the global model in eval mode (the server's running statistics)."""
+        return evaluate_model(self.model, x, y, batch_size)
 
     def state_dict(self) -> dict:
         """Everything that evolves during a run (batches, dropout and attack noise are re-derived from the seed)."""
         return {"model": self.model.state_dict(), "momentum": self.momentum, "step": self.step_count,
-                "comm_rounds": self.comm_rounds, "stats_clamped": self.stats_clamped}
+                "comm_rounds": self.comm_rounds, "stats_clamped": self.stats_clamped,
+                "aggregates": {channel: a.state_dict() for channel, a in self.aggregation.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -178,6 +198,8 @@ class Federation:
                 m.copy_(saved)
         self.step_count, self.comm_rounds = int(state["step"]), int(state["comm_rounds"])
         self.stats_clamped = int(state["stats_clamped"])
+        for channel, previous in state.get("aggregates", {}).items():  # absent in checkpoints before 2026-11-30
+            self.aggregation[channel].load_state_dict(previous)
 
 
 __all__ = ["ENGINES", "PER_CLIENT_GRADS", "step_seed", "Federation"]

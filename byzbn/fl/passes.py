@@ -1,8 +1,9 @@
 """The training passes of one federation step, behind one dispatch (DESIGN.md §2).
 
-Every pass runs the h honest clients' stacked batch x [h·B, C, H, W] (client-major) through the global
-model inside one BN pass and returns a PassResult: the mean client loss, the gradient, and what the BN
-layers returned (per-layer ClientStats of the h clients, FedTAN's merged statistics).
+Every pass runs the clients' stacked batch x [clients·B, C, H, W] (client-major) through the global
+model inside one BN pass and returns a PassResult: the mean loss of the first `honest` clients (all by
+default; data-poisoning Byzantine clients come last), the gradient, and what the BN layers returned
+(per-layer ClientStats of every client, FedTAN's merged statistics).
 
 - batched: ONE forward/backward of the stacked batch, per-client statistics from the fused kernel; the
   gradient of the mean loss (the mean of the client gradients) — no per-client gradients.
@@ -37,9 +38,9 @@ PER_CLIENT_GRADS = ("auto", "vmap", "loop")
 class PassResult:
     """What one training pass of the federation produced."""
 
-    loss: torch.Tensor                          # scalar, mean of the client losses
-    mean_grads: Optional[list[torch.Tensor]]    # gradient of the mean loss, per parameter
-    client_grads: Optional[torch.Tensor]        # [h, d] flattened per-client gradients
+    loss: torch.Tensor                          # scalar, mean of the honest client losses
+    mean_grads: Optional[list[torch.Tensor]]    # gradient of that mean loss, per parameter
+    client_grads: Optional[torch.Tensor]        # [clients, d] flattened per-client gradients
     bn: Optional[BNStats]                       # what the BN layers returned (None when not recorded)
 
 
@@ -47,16 +48,23 @@ def _flat(grads) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-def batched_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: BNPass, clients: int) -> PassResult:
-    """One forward/backward of the stacked batch: the mean gradient and per-client statistics."""
+def batched_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: BNPass, clients: int,
+                 honest: Optional[int] = None) -> PassResult:
+    """One forward/backward of the stacked batch: the honest mean gradient and per-client statistics.
+
+    Clients' statistics are their own in every mode but "union"/"sync", so rows of clients beyond
+    `honest` only add their statistics (the loss, and so the gradient, is the honest clients').
+    """
     params = list(model.parameters())
+    rows = x.shape[0] // clients * (clients if honest is None else honest)
     with bn_pass(federated_bn_layers(model), spec.replace(clients=clients, backend="kernel")) as record:
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x)[:rows], y[:rows])
     grads = torch.autograd.grad(loss, params)
     return PassResult(loss.detach(), list(grads), None, record.bn_stats(clients))
 
 
-def vmap_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: BNPass, clients: int) -> PassResult:
+def vmap_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: BNPass, clients: int,
+              honest: Optional[int] = None) -> PassResult:
     """Per-client gradients [h, d]: a vmap'd forward with per-client copies of the parameters, one backward.
 
     The summed client losses depend on client i's copy only through loss_i, so the gradient of the sum
@@ -86,12 +94,17 @@ def vmap_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: BNPass, 
     bn = None
     if moments:
         bn = BNStats([LayerOutput(m, v, c).client_stats(clients) for (m, v), c in zip(moments, counts)])
-    return PassResult(losses.detach().mean(), None, flat, bn)
+    return PassResult(losses.detach()[:honest].mean(), None, flat, bn)
 
 
 def split_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: BNPass, clients: int,
-               backend: str = "kernel") -> PassResult:
-    """Per-client gradients [h, d] of a coupled scheme: one stacked forward/backward split by client."""
+               honest: Optional[int] = None, backend: str = "kernel") -> PassResult:
+    """Per-client gradients [h, d] of a coupled scheme: one stacked forward/backward split by client.
+
+    Every client is honest here: clients that hold poisoned data cannot join a coupled pass.
+    """
+    if honest not in (None, clients):
+        raise ValueError("a pass that couples the clients (FedTAN) cannot hold data-poisoning clients")
     params = list(model.parameters())
     loss, flat, record = client_split_grads(model, params, lambda: F.cross_entropy(model(x), y), clients,
                                             spec.replace(clients=clients, backend=backend))
@@ -99,7 +112,7 @@ def split_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: BNPass,
 
 
 def loop_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: BNPass, clients: int,
-              chunks: Optional[int] = None, clients_per_chunk: int = 1) -> PassResult:
+              honest: Optional[int] = None, chunks: Optional[int] = None, clients_per_chunk: int = 1) -> PassResult:
     """Reference: a forward/backward per chunk of the stacked batch (default: per client), torch statistics."""
     chunks = clients if chunks is None else chunks
     params = list(model.parameters())
@@ -116,7 +129,8 @@ def loop_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: BNPass, 
     if per_chunk[0] is not None:
         bn = BNStats([concat_rows([chunk.clients[k] for chunk in per_chunk]) for k in range(len(layers))],
                      per_chunk[0].merged if chunks == 1 else None)
-    return PassResult(torch.stack(losses).mean(), None, torch.stack(grads), bn)
+    honest_chunks = chunks if honest is None else honest // clients_per_chunk
+    return PassResult(torch.stack(losses)[:honest_chunks].mean(), None, torch.stack(grads), bn)
 
 
 def concat_rows(parts: list[ClientStats]) -> ClientStats:
@@ -127,7 +141,7 @@ def concat_rows(parts: list[ClientStats]) -> ClientStats:
 
 def choose_pass(engine: str, per_client: bool, per_client_grads: str, couples_clients: bool, sync_layers: bool,
                 clients: int) -> Callable[..., PassResult]:
-    """The pass one step runs: (model, x, y, spec, clients) -> PassResult.
+    """The pass one step runs: (model, x, y, spec, clients, honest=None) -> PassResult.
 
     engine "loop" is the reference of engine "batched"; per_client: the gradient channel is attacked, so
     per-client gradients are needed (per_client_grads: "vmap" or "loop"; "auto" is resolved by the caller).

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 import torch
 
 from byzbn._checks import check_int
-from byzbn.attacks import AttackContext
+from byzbn.attacks import AttackContext, poisons_data
 from byzbn.defenses import make_defense
 from byzbn.schemes import StatsChannel
 
@@ -42,9 +42,24 @@ class Scenario:
     def channel_aggregator(self, channel: str) -> Callable[[torch.Tensor], torch.Tensor]:
         return self.aggregator if self.attacks(channel) else self.mean
 
-    def stats_channel(self, context: AttackContext) -> StatsChannel:
-        """The statistics channel of one step; `context` is the attack's view of that step."""
-        return StatsChannel(self.channel_attack("stats"), self.fields, self.channel_aggregator("stats"), context)
+    def stats_channel(self, context: AttackContext, aggregator: Optional[Callable] = None) -> StatsChannel:
+        """The statistics channel of one step; `context` is the attack's view of that step, `aggregator` what
+        the server aggregates with at that step (default: the channel's defense as it is)."""
+        aggregator = self.channel_aggregator("stats") if aggregator is None else aggregator
+        return StatsChannel(self.channel_attack("stats"), self.fields, aggregator, context)
+
+
+def incompatibility(scheme, attack: Optional[Callable], targets) -> Optional[str]:
+    """Why `attack` on `targets` cannot run against scheme (a Scheme or its class), or None when it can."""
+    if attack is None:
+        return None
+    if poisons_data(attack) and scheme.couples_clients:
+        return (f"attack {attack!r} poisons the Byzantine clients' data, which scheme {scheme.name!r} cannot hold: "
+                f"its clients' batches are coupled in every pass")
+    if getattr(attack, "needs_whole_submission", False) and scheme.sync_layers and "stats" in targets:
+        return (f"attack {attack!r} reads a statistics row of all BN layers, which scheme {scheme.name!r} never "
+                f"submits (it exchanges the statistics layer by layer): attack its gradients only (--target grads)")
+    return None
 
 
 def make_scenario(name: str, n: int, f: int, attack: Optional[Callable], defense: Callable,
@@ -64,4 +79,4 @@ def make_scenario(name: str, n: int, f: int, attack: Optional[Callable], defense
     return Scenario(name, n, f, attack, mean if name == "attack" else defense, mean, TARGETS[target], fields)
 
 
-__all__ = ["SCENARIOS", "TARGETS", "Scenario", "make_scenario"]
+__all__ = ["SCENARIOS", "TARGETS", "Scenario", "incompatibility", "make_scenario"]

@@ -34,7 +34,7 @@ from torch import nn
 from byzbn import stats as bnstats
 from byzbn._checks import check_int
 from byzbn._registry import check_parameters, file_class, keyword_parameters
-from byzbn.attacks import AttackContext, attack_stats
+from byzbn.attacks import AttackContext, attack_stats, poisons_data
 from byzbn.nn import BNPass, BNStats, FederatedBatchNorm
 
 SCHEMES: dict[str, type["Scheme"]] = {}
@@ -86,13 +86,20 @@ class StatsChannel:
         """The same channel with no attack: every Byzantine client sends the no-op."""
         return replace(self, attack=None)
 
-    def submit(self, honest: bnstats.ClientStats, noop: str = "union") -> bnstats.ClientStats:
+    def submit(self, rows: bnstats.ClientStats, noop: str = "union") -> bnstats.ClientStats:
         """The n-row submission: the h honest rows, then the f Byzantine rows.
 
-        noop: what a Byzantine client sends on a field it leaves alone ("union" for batch statistics
-        that the server merges, "mean" for running statistics that it averages; see attack_stats).
+        rows: the h honest clients' rows, or all n clients' rows when the Byzantine clients hold data
+        (a data-poisoning attack): under that attack their own rows are what they submit; otherwise they
+        are dropped and the Byzantine clients submit the attack's rows or the no-op. noop: what a
+        Byzantine client sends on a field it leaves alone ("union" for batch statistics that the server
+        merges, "mean" for running statistics that it averages; see attack_stats).
         """
-        return attack_stats(honest, self.attack, self.context, fields=self.fields, noop=noop)
+        if rows.n == self.n and self.f:
+            if poisons_data(self.attack):
+                return rows
+            rows = bnstats.ClientStats(rows.mean[: -self.f], rows.var[: -self.f], rows.count[: -self.f])
+        return attack_stats(rows, self.attack, self.context, fields=self.fields, noop=noop)
 
 
 def write_running(layers: list[FederatedBatchNorm], mean: torch.Tensor, var: torch.Tensor) -> None:

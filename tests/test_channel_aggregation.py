@@ -1,0 +1,113 @@
+"""The runner's per-channel aggregation (byzbn.fl.aggregation): centered clipping starts from the previous
+aggregate of the same channel and call, bucketing draws from the run's generator of each step, both
+survive a resume, and attacks optimise against the defense the server will really use."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from byzbn.attacks import make_attack
+from byzbn.defenses import make_defense
+from byzbn.fl import Federation, make_scenario
+from byzbn.fl.aggregation import ChannelAggregation
+from byzbn.nn.models import make_cnn
+from byzbn.schemes import make_scheme
+from federation_data import client_data
+
+N, F_BYZ = 6, 2
+H = N - F_BYZ
+SHAPE, BATCH = (1, 8, 8), 5
+
+
+def _centered_clipping():
+    # A radius that clips (the default tau=100 clips nothing at these scales, and then the centre cancels).
+    return make_defense("centered-clipping", F_BYZ, tau=0.05)
+
+
+def test_a_stateful_defense_remembers_each_call_of_the_step_before():
+    aggregation = ChannelAggregation(_centered_clipping())
+    gen = torch.Generator().manual_seed(0)
+    rows = [torch.randn(N, 7, generator=gen) for _ in range(4)]
+    server, attacked = aggregation.for_step(gen)
+    first = [server(rows[0]), server(rows[1])]              # two calls in one step (means, then variances)
+    fresh = _centered_clipping()
+    torch.testing.assert_close(first[0], fresh(rows[0]))    # the first step starts from zeros
+    torch.testing.assert_close(first[1], fresh(rows[1]))
+    torch.testing.assert_close(attacked(rows[0]), fresh(rows[0]))
+    server, attacked = aggregation.for_step(gen)
+    second = server(rows[2])
+    torch.testing.assert_close(second, fresh.with_center(first[0])(rows[2]))  # call 0 from call 0
+    torch.testing.assert_close(server(rows[3]), fresh.with_center(first[1])(rows[3]))  # call 1 from call 1
+    torch.testing.assert_close(attacked(rows[2]), second)   # the attack sees the centre the server uses ...
+    attacked(rows[0])                                        # ... and its trial calls are not remembered
+    assert torch.equal(aggregation.previous[0], second)
+    assert not torch.equal(fresh.with_center(first[0])(rows[2]), fresh(rows[2]))  # the centre matters here
+
+
+def test_a_plain_defense_passes_through():
+    defense = make_defense("median", F_BYZ, pre="nnm")
+    server, attacked = ChannelAggregation(defense).for_step(torch.Generator())
+    assert server is defense and attacked is defense
+
+
+def _federation(defense, target="both", seed=3):
+    x, y, parts = client_data(H, SHAPE, 20)
+    scheme = make_scheme("fbn", 6)
+    torch.manual_seed(0)
+    model = make_cnn(SHAPE, 10, 0.25, norm=scheme.make_norm, dropout=0.0)
+    scenario = make_scenario("attack+defense", N, F_BYZ, make_attack("alie"), defense, target=target)
+    return Federation(model, scheme, scenario, x, y, parts, batch_size=BATCH, lr=0.05, seed=seed)
+
+
+def test_centered_clipping_in_a_run_starts_from_the_previous_aggregate_of_each_channel():
+    fed = _federation(_centered_clipping())
+    fed.step()
+    after_one = {channel: [t.clone() for t in a.previous] for channel, a in fed.aggregation.items()}
+    assert len(after_one["grads"]) == 1 and len(after_one["stats"]) == 2   # FBN: means, then variances
+    fed.step()
+    assert all(not torch.equal(a, b) for a, b in zip(after_one["stats"], fed.aggregation["stats"].previous))
+    # A run whose defense forgets its centre every step ends elsewhere.
+    forgetful = _federation(_centered_clipping())
+    for _ in range(2):
+        forgetful.step()
+        for a in forgetful.aggregation.values():
+            a.previous = []
+    assert any(not torch.equal(p, q) for p, q in zip(fed.params, forgetful.params))
+
+
+@pytest.mark.parametrize("defense", [("centered-clipping", None), ("mean", [("bucketing", {"s": 2})])])
+def test_stateful_and_random_defenses_resume_bit_for_bit(defense):
+    name, pre = defense
+
+    def build():
+        return _federation(make_defense(name, F_BYZ, pre=pre))
+
+    straight = build()
+    for _ in range(4):
+        straight.step()
+    first = build()
+    for _ in range(2):
+        first.step()
+    resumed = build()
+    resumed.load_state_dict(copy.deepcopy(first.state_dict()))
+    for _ in range(2):
+        resumed.step()
+    for a, b in zip(straight.params, resumed.params):
+        assert torch.equal(a, b)
+
+
+def test_bucketing_draws_fresh_buckets_every_step_from_the_runs_seed():
+    def params_after(seed, steps=2):
+        fed = _federation(make_defense("mean", F_BYZ, pre=[("bucketing", {"s": 2})]), seed=seed)
+        for _ in range(steps):
+            fed.step()
+        return [p.clone() for p in fed.params]
+
+    a, b = params_after(3), params_after(3)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    fed = _federation(make_defense("mean", F_BYZ, pre=[("bucketing", {"s": 2})]))
+    x = torch.arange(N * 3, dtype=torch.float32).view(N, 3)
+    buckets = [fed.aggregators(t, "grads")[0].pre_aggregators[0](x) for t in range(4)]
+    assert any(not torch.equal(buckets[0], other) for other in buckets[1:])
