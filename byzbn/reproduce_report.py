@@ -1,8 +1,9 @@
-"""Tables and plots of python -m byzbn.reproduce: mean ± std over seeds of the cells' attack_eval runs.
+"""Tables and plots of python -m byzbn.reproduce: mean ± std over seeds of the figure's runs.
 
-Entries are attack_eval summary entries and records are its metrics.jsonl lines, both tagged with the
-cell's gamma, seed and scenario label (byzbn.cli.reproduce). Everything is aggregated per
-(gamma, scheme, label) over the seeds; the std is the sample std (ddof = 1), absent with one seed.
+Entries are the runs' summary entries and records their metric records (byzbn.runs.execute.run_one, read
+from the sweep's store), both tagged with the gamma, seed and scenario label (byzbn.cli.reproduce).
+Everything is aggregated per (gamma, scheme, label) over the seeds; the std is the sample std
+(ddof = 1), absent with one seed.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from byzbn import results
+from byzbn.runs import results
 
 FIG4_FIXED_LABELS = ("no attack", "no defense")
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from byzbn import attack_eval, reproduce
-from byzbn.cli import plugins, runner, validate
+from byzbn.cli import plugins
 from byzbn.cli.options import ATTACK_FLAGS
+from byzbn.runs import config as validate
+from byzbn.runs import execute as runner
 
 REPO = Path(__file__).resolve().parent.parent
 LOG_ENV = "BYZBN_TEST_PLUGIN_LOG"
@@ -191,9 +193,16 @@ def _flags(parser) -> set[str]:
 def test_reproduce_takes_every_attack_eval_option_it_does_not_sweep_or_fix():
     shared = _flags(attack_eval.build_parser()) - {"--resume", "--heterogeneity", "--seed"}
     figures = reproduce.build_parser()._subparsers._group_actions[0].choices
-    assert _flags(figures["fig4"]) == shared - {"--defense"} | {"--gammas", "--seeds", "--defenses"}
-    assert _flags(figures["fig3"]) == shared - set(ATTACK_FLAGS) | {"--gammas", "--seeds"}
+    assert _flags(figures["fig4"]) == shared - {"--defense"} | {"--gammas", "--seeds", "--defenses", "--jobs"}
+    assert _flags(figures["fig3"]) == shared - set(ATTACK_FLAGS) | {"--gammas", "--seeds", "--jobs"}
     assert {"--algorithm", "--target", "--pre", "--attack-param", "--plugin", "--groups"} <= _flags(figures["fig4"])
+
+
+def _defended_run(out: Path, defense: str) -> dict:
+    """The identity of the attack+defense run with `defense` in a reproduction's store (OUT/runs)."""
+    runs = [json.loads(p.read_text())["run"] for p in (out / "runs").glob("*/config.json")]
+    (run,) = [r for r in runs if r["scenario"] == "attack+defense" and r["defense"] == defense]
+    return run
 
 
 def test_fig4_passes_attack_eval_options_and_plugins_to_its_cells(tiny_npz, tmp_path, capsys, plugin_file, calls):
@@ -205,10 +214,10 @@ def test_fig4_passes_attack_eval_options_and_plugins_to_its_cells(tiny_npz, tmp_
             "--plugin", str(plugin_file)]
     code, stdout = reproduce.main(argv), capsys.readouterr().out
     assert code == 0
-    cell = json.loads((out / "gamma-0" / "seed-0" / "logged-median" / "config.json").read_text())
+    cell = _defended_run(out, "logged-median")
     assert (cell["attack"], cell["target"], cell["pre"], cell["defense"]) == \
            ("logged-flip", "both", "logged-pre,nnm", "logged-median")
-    assert (cell["algorithm"], cell["local_steps"], cell["plugins"]) == ("fedavg", 2, [str(plugin_file)])
+    assert (cell["algorithm"], cell["local_steps"]) == ("fedavg", 2)
     assert json.loads((out / "reproduce.json").read_text())["plugins"] == [str(plugin_file)]
     labels = {r["label"] for r in json.loads((out / "summary.json").read_text())["aggregate"]}
     assert labels == {"no attack", "no defense", "logged-pre∘nnm∘logged-median", "logged-pre∘nnm∘median"}
@@ -219,8 +228,7 @@ def test_fig4_passes_attack_eval_options_and_plugins_to_its_cells(tiny_npz, tmp_
     argv = argv[:argv.index("--out") + 1] + [str(out)] + argv[argv.index("--out") + 2:]
     argv[argv.index("logged-flip")] = "alie"
     assert reproduce.main(argv + ["--attack-param", "z=0.5"]) == 0
-    cell = json.loads((out / "gamma-0" / "seed-0" / "median" / "config.json").read_text())
-    assert cell["attack_params"] == {"z": 0.5}
+    assert _defended_run(out, "median")["attack_params"] == {"z": 0.5}
 
 
 def test_a_bad_value_of_a_registered_object_names_its_flag(tiny_npz, tmp_path, capsys):
@@ -265,3 +273,56 @@ def test_the_entry_point_exits_1_with_a_traceback_on_an_internal_error(tiny_npz,
     assert proc.stderr.strip().splitlines()[-1] == "ValueError: the rule failed inside the run"
     assert "byzbn.attack_eval: error:" not in proc.stderr
     assert (tmp_path / "out" / "config.json").is_file()  # it got past the arguments and started running
+
+
+def test_defense_and_pre_aggregator_parameters_reach_the_defense_and_config_json(tiny_npz, tmp_path, capsys):
+    from byzbn.cli.attack_eval import build_parser
+    from byzbn.defenses import make_defense
+
+    argv = tiny(tiny_npz, tmp_path / "out", "--schemes", "fbn", "--defense", "geomed", "--defense-param", "T=2",
+                "--defense-param", "nu=0.5", "--pre", "bucketing,clipping", "--pre-param", "bucketing.s=2",
+                "--pre-param", "clipping.c=5.0", "--pre-param", "bucketing.seed=3")
+    plan = validate.validate_run(build_parser().parse_args(argv))
+    expected = make_defense("geomed", 2, pre=[("bucketing", {"s": 2, "seed": 3}), ("clipping", {"c": 5.0})],
+                            T=2, nu=0.5)
+    assert repr(plan.defense) == repr(expected) == "bucketing(s=2, seed=3)∘clipping(c=5.0)∘geomed(f=2, nu=0.5, T=2)"
+    assert attack_eval.main(argv) == 0, capsys.readouterr().err
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["defense_params"] == {"T": 2, "nu": 0.5}
+    assert config["pre_params"] == {"bucketing": {"s": 2, "seed": 3}, "clipping": {"c": 5.0}}
+    assert config["pre"] == "bucketing,clipping" and not {"defense_param", "pre_param"} & set(config)
+    # --resume with another parameter is refused: it changes what the attack+defense run computes.
+    argv[argv.index("T=2")] = "T=3"
+    assert attack_eval.main(argv + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "arguments differ" in err and "in ['defense_params']" in err, err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--defense", "geomed", "--defense-param", "TT=2"],
+     "--defense geomed (--pre nnm): unknown parameter(s) ['TT'] for aggregator 'geomed': valid parameters are "
+     "['nu', 'T']"),
+    (["--defense", "geomed", "--defense-param", "T=-1"], "--defense geomed (--pre nnm): T=-1 is out of range"),
+    (["--defense-param", "T"], "--defense-param 'T' is malformed: expected K=V"),
+    (["--pre", "nnm", "--pre-param", "bucketing.s=2"],
+     "--pre-param 'bucketing.s=2': 'bucketing' is not in --pre (nnm)"),
+    (["--pre", "bucketing", "--pre-param", "bucketing.k=2"],
+     "unknown parameter(s) ['k'] for pre-aggregator 'bucketing': valid parameters are ['s', 'seed']"),
+    (["--pre", "bucketing", "--pre-param", "s=2"], "--pre-param 's=2' is malformed: expected NAME.K=V"),
+    (["--pre", "bucketing", "--pre-param", "bucketing.=2"], "--pre-param '=2' is malformed: expected K=V"),
+])
+def test_bad_defense_and_pre_parameters_are_one_line_errors(tiny_npz, tmp_path, capsys, extra, message):
+    assert attack_eval.main(tiny(tiny_npz, tmp_path / "out", *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_reproduce_checks_defense_and_pre_parameters_in_every_cell(tiny_npz, tmp_path, capsys):
+    argv = ["fig4", "--dataset", f"npz:{tiny_npz}", "--out", str(tmp_path / "fig4"), "--clients", "5",
+            "--byzantine", "1", "--gammas", "0", "--defenses", "median,geomed", "--defense-param", "T=2"]
+    assert reproduce.main(argv) == 2   # median takes no T
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown parameter(s) ['T'] for aggregator 'median'" in err, err
+    assert reproduce.main(argv[:-2] + ["--pre", "bucketing", "--pre-param", "bucketing.s=0"]) == 2
+    assert "s=0 is out of range: valid >= 1" in capsys.readouterr().err

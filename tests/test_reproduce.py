@@ -1,7 +1,9 @@
 """python -m byzbn.reproduce: both figures end to end, mean ± std over seeds, reuse of finished runs, errors.
 
-Every reproduction here trains on a tiny synthetic npz (8x8 grayscale, 10 classes) with a narrow CNN for
-3 steps, so a whole figure takes a few seconds on one thread.
+The figures are presets of the sweep engine (byzbn.grid): their runs live in the store OUT/runs, one
+directory per distinct run (config.json: its identity; result.json once finished). Every reproduction
+here trains on a tiny synthetic npz (8x8 grayscale, 10 classes) with a narrow CNN for 3 steps, so a whole
+figure takes a few seconds on one thread.
 """
 from __future__ import annotations
 
@@ -14,16 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from byzbn.cli import runner
 from byzbn.reproduce import build_parser, main
+from byzbn.runs import execute as runner
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIG3_SCHEMES = ("centralized", "naive", "fixbn", "fbn")
 FIG4_LABELS = ("no attack", "no defense", "nnm∘median", "nnm∘trimmed-mean")
-
-
-
 
 
 
@@ -50,8 +49,30 @@ def files_under(root: Path) -> dict:
     return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
+def store_runs(out: Path) -> dict:
+    """{run directory: (identity, summary entry or None)} of every run in the reproduction's store."""
+    runs = {}
+    for config in sorted((out / "runs").glob("*/config.json")):
+        result = config.parent / "result.json"
+        entry = json.loads(result.read_text())["summary"] if result.is_file() else None
+        runs[config.parent] = (json.loads(config.read_text())["run"], entry)
+    return runs
+
+
+def find_runs(out: Path, **where) -> dict:
+    """The store's runs whose identity has every key = value of `where`."""
+    return {d: run for d, run in store_runs(out).items() if all(run[0].get(k) == v for k, v in where.items())}
+
+
+def results_rows(out: Path) -> list[dict]:
+    import csv
+
+    with open(out / "results.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def fig3_outputs_are_complete(out: Path) -> None:
-    for name in ("reproduce.json", "summary.json", "table.md", "fig3.png", "fig3_curves.png"):
+    for name in ("reproduce.json", "summary.json", "results.csv", "table.md", "fig3.png", "fig3_curves.png"):
         assert (out / name).is_file(), name
     for name in ("fig3.png", "fig3_curves.png"):
         data = (out / name).read_bytes()
@@ -68,15 +89,24 @@ def test_fig3_with_two_seeds_gives_mean_and_sample_std_of_the_runs(tiny_npz, tmp
     assert set(rows) == {(g, s) for g in (1.0, 0.0) for s in FIG3_SCHEMES}
     table = (out / "table.md").read_text()
     assert table.split("\n", 2)[2] in stdout  # the printed table is table.md's
-    for gamma, cell in ((1.0, "gamma-1"), (0.0, "gamma-0")):
-        per_seed = [json.loads((out / cell / f"seed-{s}" / "summary.json").read_text()) for s in (0, 1)]
-        for s, config in enumerate(json.loads((out / cell / f"seed-{s}" / "config.json").read_text())
-                                   for s in (0, 1)):
-            assert config["seed"] == s and config["byzantine"] == 0 and config["attack"] == "none"
-            assert config["heterogeneity"] == f"gamma:{gamma!r}"
+    rows_csv = results_rows(out)
+    assert len(rows_csv) == 2 * 2 * len(FIG3_SCHEMES)  # gamma x seed x scheme, no-attack only
+    for gamma in (1.0, 0.0):
+        for s in (0, 1):
+            cells = [r for r in rows_csv if r["heterogeneity"] == f"gamma:{gamma!r}" and r["seed"] == str(s)]
+            assert len(cells) == len(FIG3_SCHEMES)
+            assert all(r["byzantine"] == "0" and r["attack"] == "none" and r["scenario"] == "no-attack"
+                       for r in cells)
+        per_seed = [{run[0]["scheme"]: run for run in find_runs(out, heterogeneity=f"gamma:{gamma!r}",
+                                                                 seed=s).values()} for s in (0, 1)]
+        for s, runs in enumerate(per_seed):
+            assert set(runs) == set(FIG3_SCHEMES)
+            for identity, _ in runs.values():
+                assert identity["seed"] == s and identity["byzantine"] == 0 and "attack" not in identity
+                assert identity["heterogeneity"] == f"gamma:{gamma!r}"
         for scheme in FIG3_SCHEMES:
-            finals = [runs[scheme]["no-attack"]["final_acc"] for runs in per_seed]
-            bests = [runs[scheme]["no-attack"]["best_acc"] for runs in per_seed]
+            finals = [runs[scheme][1]["final_acc"] for runs in per_seed]
+            bests = [runs[scheme][1]["best_acc"] for runs in per_seed]
             row = rows[(gamma, scheme)]
             assert row["seeds"] == [0, 1] and row["label"] == "no attack"
             assert row["final_mean"] == pytest.approx((finals[0] + finals[1]) / 2)
@@ -97,22 +127,26 @@ def test_one_seed_gives_no_std(tiny_npz, tmp_path, capsys):
     assert "±" not in (out / "table.md").read_text()
 
 
-def test_fig4_runs_each_scenario_once_per_cell(tiny_npz, tmp_path, capsys):
+def test_fig4_trains_each_distinct_run_once(tiny_npz, tmp_path, capsys):
     out = tmp_path / "fig4"
     code, stdout, stderr = run(fig4_args(tiny_npz, out), capsys)
     assert code == 0, stderr
     data = (out / "fig4.png").read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) < 150_000
+    assert len(store_runs(out)) == 16  # per gamma and scheme: no-attack, attack, and one run per defense
     for gamma in ("0.5", "0"):
-        median = json.loads((out / f"gamma-{gamma}" / "seed-0" / "median" / "summary.json").read_text())
-        trimmed = json.loads((out / f"gamma-{gamma}" / "seed-0" / "trimmed-mean" / "summary.json").read_text())
-        assert {s: set(v) for s, v in median.items()} == {s: {"no-attack", "attack", "attack+defense"}
-                                                          for s in ("naive", "fbn")}
-        assert {s: set(v) for s, v in trimmed.items()} == {s: {"attack+defense"} for s in ("naive", "fbn")}
-        config = json.loads((out / f"gamma-{gamma}" / "seed-0" / "trimmed-mean" / "config.json").read_text())
-        assert (config["attack"], config["target"], config["attack_fields"], config["pre"], config["defense"]) == \
-               ("sign-flip", "stats", "mean", "nnm", "trimmed-mean")
-        assert config["heterogeneity"] == f"gamma:{float(gamma)!r}"
+        het = f"gamma:{float(gamma)!r}"
+        for scheme in ("naive", "fbn"):
+            runs = find_runs(out, heterogeneity=het, scheme=scheme)
+            scenarios = sorted(identity["scenario"] for identity, _ in runs.values())
+            assert scenarios == ["attack", "attack+defense", "attack+defense", "no-attack"]
+            assert sorted(i.get("defense") for i, _ in runs.values() if i["scenario"] == "attack+defense") == \
+                ["median", "trimmed-mean"]
+            assert all("defense" not in i for i, _ in runs.values() if i["scenario"] != "attack+defense")
+        (identity, _), = find_runs(out, heterogeneity=het, scheme="fbn", defense="trimmed-mean").values()
+        assert (identity["attack"], identity["target"], identity["attack_fields"], identity["pre"],
+                identity["defense"]) == ("sign-flip", "stats", "mean", "nnm", "trimmed-mean")
+        assert identity["heterogeneity"] == f"gamma:{float(gamma)!r}"
     summary = json.loads((out / "summary.json").read_text())
     labels = {(r["gamma"], r["scheme"], r["label"]) for r in summary["aggregate"]}
     assert labels == {(g, s, label) for g in (0.5, 0.0) for s in ("naive", "fbn") for label in FIG4_LABELS}
@@ -120,13 +154,16 @@ def test_fig4_runs_each_scenario_once_per_cell(tiny_npz, tmp_path, capsys):
     table = (out / "table.md").read_text()
     assert "| scheme | " + " | ".join(FIG4_LABELS) + " |" in table and "γ = 0.5" in table and "γ = 0 (" in table
     assert "sign-flip on the BN mean" in stdout
+    # results.csv has every scenario cell: 2 gammas x 2 defenses x 2 schemes x 3 scenarios.
+    assert len(results_rows(out)) == 24
 
 
 def test_a_second_invocation_trains_nothing_and_prints_the_same_table(tiny_npz, tmp_path, monkeypatch, capsys):
     out = tmp_path / "fig3"
     code, first, _ = run(fig3_args(tiny_npz, out), capsys)
     assert code == 0
-    cells = {cell: files_under(out / cell) for cell in ("gamma-1", "gamma-0")}
+    stored = files_under(out / "runs")
+    assert len(stored) >= 8 * 3  # 8 runs: config.json, result.json, metrics.jsonl, a checkpoint each
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
@@ -136,7 +173,7 @@ def test_a_second_invocation_trains_nothing_and_prints_the_same_table(tiny_npz, 
     code, second, stderr = run(fig3_args(tiny_npz, out), capsys)
     assert code == 0, stderr
     assert second == first
-    assert {cell: files_under(out / cell) for cell in cells} == cells
+    assert files_under(out / "runs") == stored
 
 
 def test_an_interrupted_reproduction_continues_where_it_stopped(tiny_npz, tmp_path, monkeypatch, capsys):
@@ -145,7 +182,7 @@ def test_an_interrupted_reproduction_continues_where_it_stopped(tiny_npz, tmp_pa
     out = tmp_path / "interrupted"
     real_run_one, calls = runner.run_one, []
 
-    def interrupt_at_the_sixth_run(*args, **kwargs):  # cell gamma-0's second run: its first run has finished
+    def interrupt_at_the_sixth_run(*args, **kwargs):  # gamma 0's second run: its first run has finished
         calls.append(args[1:3])
         if len(calls) == 6:
             raise KeyboardInterrupt
@@ -154,22 +191,24 @@ def test_an_interrupted_reproduction_continues_where_it_stopped(tiny_npz, tmp_pa
     monkeypatch.setattr(runner, "run_one", interrupt_at_the_sixth_run)
     with pytest.raises(KeyboardInterrupt):
         main(fig3_args(tiny_npz, out))
-    assert (out / "gamma-1" / "seed-0" / "done.json").is_file()
-    cell = out / "gamma-0" / "seed-0"
-    assert (cell / "config.json").is_file() and not (cell / "done.json").exists()
-    first_cell = files_under(out / "gamma-1")
-    finished = out / "gamma-0" / "seed-0" / "checkpoints" / "centralized__no-attack.pt"
-    finished_state = (finished.read_bytes(), finished.stat().st_mtime_ns)
+    first_gamma = find_runs(out, heterogeneity="gamma:1.0")
+    assert len(first_gamma) == 4 and all(entry is not None for _, entry in first_gamma.values())
+    second_gamma = find_runs(out, heterogeneity="gamma:0.0")
+    finished = {d for d, (_, entry) in second_gamma.items() if entry is not None}
+    unfinished = set(second_gamma) - finished
+    assert [second_gamma[d][0]["scheme"] for d in finished] == ["centralized"] and len(unfinished) == 3
+    assert all((d / "config.json").is_file() and not (d / "result.json").exists() for d in unfinished)
+    first_runs = {d: files_under(d) for d in first_gamma}
+    checkpoint = next(iter(finished)) / "checkpoints" / "centralized__no-attack.pt"
+    finished_state = (checkpoint.read_bytes(), checkpoint.stat().st_mtime_ns)
 
     plans = []
-    real_run_plan = runner.run_plan
-    monkeypatch.setattr(runner, "run_one", real_run_one)
-    monkeypatch.setattr(runner, "run_plan", lambda plan: plans.append(plan) or real_run_plan(plan))
+    monkeypatch.setattr(runner, "run_one", lambda plan, *a: plans.append(plan) or real_run_one(plan, *a))
     code, _, stderr = run(fig3_args(tiny_npz, out), capsys)
     assert code == 0, stderr
-    assert [p.out for p in plans] == [out / "gamma-0" / "seed-0"] and plans[0].resume
-    assert files_under(out / "gamma-1") == first_cell
-    assert (finished.read_bytes(), finished.stat().st_mtime_ns) == finished_state
+    assert {p.out for p in plans} == unfinished and len(plans) == 3 and all(p.resume for p in plans)
+    assert {d: files_under(d) for d in first_gamma} == first_runs
+    assert (checkpoint.read_bytes(), checkpoint.stat().st_mtime_ns) == finished_state
     accuracy = lambda d: [(r["gamma"], r["scheme"], r["final_acc"], r["best_acc"])  # noqa: E731
                           for r in json.loads((d / "summary.json").read_text())["runs"]]
     assert accuracy(out) == accuracy(reference)
@@ -278,14 +317,60 @@ def test_aggregate_and_curves_of_hand_made_runs():
     assert std == pytest.approx([0.0, 2 ** 0.5 * 0.1, 0.0])
 
 
-def test_a_cell_killed_before_its_config_was_written_is_started_afresh(tiny_npz, tmp_path, capsys):
+def test_a_run_killed_before_its_config_was_written_is_started_afresh(tiny_npz, tmp_path, capsys):
+    args = ("--gammas", "0", "--schemes", "fbn")
+    reference = tmp_path / "reference"
+    assert run(fig3_args(tiny_npz, reference, *args), capsys)[0] == 0
+    (key,) = [d.name for d in store_runs(reference)]
     out = tmp_path / "fig3"
-    (out / "gamma-0" / "seed-0" / "checkpoints").mkdir(parents=True)  # run_plan's first two mkdirs, nothing more
-    code, _, stderr = run(fig3_args(tiny_npz, out, "--gammas", "0", "--schemes", "fbn"), capsys)
+    (out / "runs" / key / "checkpoints").mkdir(parents=True)  # the store's first mkdir, nothing more
+    code, _, stderr = run(fig3_args(tiny_npz, out, *args), capsys)
     assert code == 0, stderr
-    assert (out / "gamma-0" / "seed-0" / "done.json").is_file()
+    assert (out / "runs" / key / "result.json").is_file()
+    (identity, entry), (ref_identity, ref_entry) = store_runs(out)[out / "runs" / key], \
+        store_runs(reference)[reference / "runs" / key]
+    assert identity == ref_identity and (entry["final_acc"], entry["best_acc"]) == \
+        (ref_entry["final_acc"], ref_entry["best_acc"])
     stray = tmp_path / "stray"
-    (stray / "gamma-0" / "seed-0").mkdir(parents=True)
-    (stray / "gamma-0" / "seed-0" / "notes.txt").write_text("not a run")
-    code, _, stderr = run(fig3_args(tiny_npz, stray, "--gammas", "0", "--schemes", "fbn"), capsys)
+    (stray / "runs" / key).mkdir(parents=True)
+    (stray / "runs" / key / "notes.txt").write_text("not a run")
+    code, _, stderr = run(fig3_args(tiny_npz, stray, *args), capsys)
     assert code == 2 and stderr.count("\n") == 1 and "without config.json" in stderr
+
+
+def former_cells(figure: str, args: dict) -> list[dict]:
+    """The run options of every cell of the former reproduce (before it became a sweep preset), as it built
+    them: attack_eval's defaults, the figure's flags, then per gamma/seed(/defense) the swept options."""
+    from byzbn.cli.options import run_defaults
+
+    shared = {**run_defaults(), **args}
+    shared.pop("quiet")
+    if figure == "fig3":
+        variants = [dict(byzantine=0, attack="none", defense="mean")]
+    else:
+        variants = [dict(defense=d) for d in args.pop("defenses")]
+        shared.pop("defenses")
+    return [{**shared, **extra, "heterogeneity": f"gamma:{g!r}", "seed": seed}
+            for seed in range(args["seeds"]) for g in args["gammas"] for extra in variants]
+
+
+@pytest.mark.parametrize("figure", ["fig3", "fig4"])
+def test_the_presets_are_the_former_reproduce_cells(figure):
+    from byzbn.cli.reproduce import figure_spec
+
+    args = build_parser().parse_args([figure])
+    spec = figure_spec(args)
+    former = {"fig3": dict(schemes="centralized,naive,fixbn,fbn", gammas=[1.0, 0.5, 0.2, 0.0], seeds=1),
+              "fig4": dict(schemes="naive,fbn", gammas=[0.5, 0.0], seeds=1, attack_fields="mean", pre="nnm",
+                           defenses=["median", "trimmed-mean"])}[figure]
+    cells = former_cells(figure, {**former})
+    for cell in cells:
+        cell.pop("schemes"), cell.pop("gammas"), cell.pop("seeds")
+    points = []
+    for _, options in spec.points():  # the sweep has one point per scheme: group them back into cells
+        options = dict(options)
+        scheme = options.pop("schemes")
+        if scheme == former["schemes"].split(",")[0]:
+            points.append(options)
+    assert points == cells
+    assert {o["schemes"] for _, o in spec.points()} == set(former["schemes"].split(","))

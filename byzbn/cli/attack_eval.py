@@ -4,13 +4,12 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from byzbn import results
-from byzbn.cli import runner
 from byzbn.cli.errors import ArgumentError, HelpFormatter, OneLineParser, report
 from byzbn.cli.options import OUTPUT, add_run_options
 from byzbn.cli.plugins import load_plugins
-from byzbn.cli.validate import plan_from_args
-from byzbn.run_config import SCHEME_SUMMARY
+from byzbn.runs import execute, results
+from byzbn.runs.build import SCHEME_SUMMARY
+from byzbn.runs.config import plan_from_args
 
 PROG = "python -m byzbn.attack_eval"
 DESCRIPTION = """\
@@ -52,7 +51,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         plan = plan_from_args(build_parser().parse_args(argv))
     except ArgumentError as error:
         return report(PROG, error)
-    summary = runner.run_plan(plan)
+    summary = execute.run_plan(plan)
     print(results.format_table(summary, plan.schemes, plan.scenarios), end="")
     print(f"outputs in {plan.out}")
     return 0

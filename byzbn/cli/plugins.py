@@ -56,6 +56,11 @@ def load_plugins(argv: Optional[Sequence[str]]) -> list[ModuleType]:
     return [load_plugin(spec) for spec in plugin_values(sys.argv[1:] if argv is None else argv)]
 
 
+def import_plugins(specs: Sequence[str]) -> list[ModuleType]:
+    """Import the plugins `specs` (a worker process's setup: the parent's --plugin values)."""
+    return [load_plugin(spec) for spec in specs]
+
+
 def load_plugin(spec: str) -> ModuleType:
     """Import one plugin: a file when spec names one (or ends in .py), else a dotted module name."""
     if spec.endswith(".py") or "/" in spec or "\\" in spec or Path(spec).is_file():
@@ -105,4 +110,4 @@ def _where(error: BaseException, path: Optional[Path]) -> str:
     return f"{place}{type(error).__name__}: {one_line(error)}"
 
 
-__all__ = ["FLAG", "METAVAR", "HELP", "plugin_values", "load_plugins", "load_plugin"]
+__all__ = ["FLAG", "METAVAR", "HELP", "plugin_values", "load_plugins", "import_plugins", "load_plugin"]

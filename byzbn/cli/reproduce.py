@@ -1,23 +1,31 @@
-"""The reproduce command (fig3, fig4): its parser, the cells of a figure, and main."""
+"""The reproduce command (fig3, fig4): the sweep presets fig3/fig4 behind the figures' own flags and plots.
+
+`python -m byzbn.reproduce fig3 ...` is `python -m byzbn.sweep --preset fig3` with the preset's axes
+set from --gammas, --seeds (and fig4's --defenses) and its fixed options from the other flags; it
+trains on the same engine (byzbn.grid, store in OUT/runs) and writes the docs-style tables and plots
+of byzbn.reproduce_report. The parser's defaults are read from the presets, so the two cannot disagree.
+"""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from byzbn import results
-from byzbn.cli import runner
 from byzbn.cli.errors import ArgumentError, HelpFormatter, OneLineParser, check, report
-from byzbn.cli.options import (ATTACK_FLAGS, OUTPUT, add_run_options, aggregator_names, pre_aggregator_names,
-                               run_defaults)
-from byzbn.cli.plugins import load_plugins
-from byzbn.cli.validate import Plan, csv_items, parse_pre, plan_from_args, pre_text
+from byzbn.cli.options import ATTACK_FLAGS, OUTPUT, add_run_options, aggregator_names, pre_aggregator_names
+from byzbn.cli.plugins import import_plugins, load_plugins
+from byzbn.cli.sweep_config import parse_toml, spec_from_config
+from byzbn.grid import engine
+from byzbn.grid.presets import preset_text
+from byzbn.grid.spec import SweepSpec
+from byzbn.grid.table import write_results
 from byzbn.reproduce_report import FIG4_FIXED_LABELS, defended_label, write_report
+from byzbn.runs.config import csv_items, parse_pre, pre_text
+from byzbn.runs.results import atomic_write_text
 
 PROG = "python -m byzbn.reproduce"
 DESCRIPTION = """\
@@ -28,42 +36,56 @@ fig4  sign-flip on the BN means (the Byzantine clients send the opposite of the 
       naive and fbn, scenarios no attack / no defense / NNM∘median / NNM∘trimmed-mean at every gamma in
       --gammas; accuracy against step (fig4.png: one panel per gamma and scheme).
 
-Both take every option of python -m byzbn.attack_eval but those they sweep (--heterogeneity and --seed
-become --gammas and --seeds, fig4's --defense becomes --defenses) or fix (fig3 has no Byzantine client,
-so no attack or defense options), with the paper's defaults where they differ. --plugin FILE_OR_MODULE
-(repeatable) is imported first, so --schemes, --attack, --pre and --defenses take the names it registers.
-Every (gamma, seed[, defense]) cell is one byzbn.attack_eval output directory under --out
-(gamma-0.5/seed-0/ in fig3, gamma-0/seed-1/median/ in fig4, ...), trained by attack_eval's plan
-machinery with seeds 0 .. K-1, seed by seed. A finished cell holds done.json and is read back, never
-retrained; an interrupted one continues from its checkpoints (attack_eval --resume), so rerunning the
-same command finishes the job.
+Both are presets of the sweep engine (python -m byzbn.sweep --preset fig3|fig4) and take every option of
+python -m byzbn.attack_eval but those they sweep (--heterogeneity and --seed become --gammas and --seeds,
+fig4's --defense becomes --defenses) or fix (fig3 has no Byzantine client, so no attack or defense
+options), with the paper's defaults where they differ. --plugin FILE_OR_MODULE (repeatable) is imported
+first, so --schemes, --attack, --pre and --defenses take the names it registers.
+Each distinct run is trained once (fig4's no-attack and undefended runs serve every defense), seeds
+0 .. K-1, into the run store OUT/runs (one directory per run, named by a hash of its configuration);
+finished runs are read back, never retrained, and an interrupted reproduction continues from its
+checkpoints, so rerunning the same command finishes the job. --jobs K trains K runs at a time.
 With K >= 2 seeds, tables give mean ± sample std (ddof = 1) and plots shade mean ± std.
-Writes reproduce.json, summary.json, table.md and the PNGs into --out and prints the table.
+Writes reproduce.json, summary.json, results.csv, table.md and the PNGs into --out and prints the table.
 
 Every bad argument prints one line to stderr and exits with status 2 before anything is written."""
 ABOUT = {"fig3": "heterogeneity sweep without Byzantine clients (the paper's Figure 3)",
          "fig4": "sign-flip on the BN means with and without defenses (the paper's Figure 4)"}
-DEFAULT_SCHEMES = {"fig3": "centralized,naive,fixbn,fbn", "fig4": "naive,fbn"}
-DEFAULT_GAMMAS = {"fig3": "1,0.5,0.2,0", "fig4": "0.5,0"}
 # The run options a figure replaces: --gammas and --seeds sweep --heterogeneity and --seed; fig4's
 # --defenses sweeps --defense; fig3 has no Byzantine client.
 SWEPT = ("--heterogeneity", "--seed")
 SKIPPED = {"fig3": SWEPT + ATTACK_FLAGS, "fig4": SWEPT + ("--defense",)}
-DONE = "done.json"
+# reproduce.json keys that may differ between the invocations of one reproduction.
+NOT_COMPARED = ("out", "quiet", "jobs", "runs")
+REPORT_EVERY_S = 60.0  # how often a long reproduction redraws its partial tables and plots
+
+
+def preset_defaults(figure: str) -> dict:
+    """The figure's flag defaults, read from its preset: --schemes, --gammas, --seeds, --defenses and the
+    preset's fixed options that the figure's parser has (fig4: --attack, --attack-fields, --pre)."""
+    preset = parse_toml(preset_text(figure), f"--preset {figure}")
+    flags = {f"--{key.replace('_', '-')}": value for key, value in preset.items()
+             if not isinstance(value, list) and f"--{key.replace('_', '-')}" not in SKIPPED[figure]}
+    gammas = [float(h.partition(":")[2]) for h in preset["heterogeneity"]]
+    sweep = {"schemes": ",".join(preset["schemes"]), "gammas": ",".join(f"{g:g}" for g in gammas),
+             "seeds": len(preset["seed"])}
+    if figure == "fig4":
+        sweep["defenses"] = ",".join(preset["defense"])
+    return {"flags": flags, "sweep": sweep}
 
 
 def _add_figure_options(p: argparse.ArgumentParser, figure: str) -> None:
     from byzbn.attacks import ATTACKS
     from byzbn.schemes import SCHEMES
 
+    preset = preset_defaults(figure)
     helps = {"--schemes": f"comma-separated normalization schemes, from {sorted(SCHEMES)} (python -m "
                           "byzbn.attack_eval --help describes them)",
              "--clients": "n: clients in total" + (" (all honest in fig3)" if figure == "fig3" else
                                                   ", Byzantine included"),
              "--quiet": "print only the final table"}
-    defaults, choices = {"--schemes": DEFAULT_SCHEMES[figure]}, {}
+    defaults, choices = {"--schemes": preset["sweep"]["schemes"], **preset["flags"]}, {}
     if figure == "fig4":
-        defaults.update({"--attack-fields": "mean", "--pre": "nnm"})
         choices["--attack"] = sorted(ATTACKS)  # fig4 is about an attack: no 'none'
         helps.update({
             "--attack": "what the Byzantine clients submit (the paper: sign-flip)",
@@ -72,14 +94,15 @@ def _add_figure_options(p: argparse.ArgumentParser, figure: str) -> None:
                      "of --defenses, or none"})
     groups = add_run_options(p, skip=SKIPPED[figure], defaults=defaults, helps=helps, choices=choices)
     sweep = p.add_argument_group("sweep")
-    sweep.add_argument("--gammas", default=DEFAULT_GAMMAS[figure],
+    sweep.add_argument("--gammas", default=preset["sweep"]["gammas"],
                        help="comma-separated gamma-similarity levels in [0, 1] (1 = IID, 0 = extreme non-IID)")
-    sweep.add_argument("--seeds", type=int, default=1,
+    sweep.add_argument("--seeds", type=int, default=preset["sweep"]["seeds"],
                        help="K: run seeds 0 .. K-1; tables and plots give mean ± std")
     if figure == "fig4":
-        sweep.add_argument("--defenses", default="median,trimmed-mean",
+        sweep.add_argument("--defenses", default=preset["sweep"]["defenses"],
                            help=f"comma-separated robust rules applied after --pre, from "
                                 f"{sorted(set(aggregator_names()) - {'mean'})}")
+    sweep.add_argument("--jobs", type=int, default=1, help="runs trained at a time, each in its own process")
     groups[OUTPUT].add_argument("--out", default=None,
                                 help=f"output directory, reused by a rerun (default: runs/{figure})")
 
@@ -91,24 +114,6 @@ def build_parser() -> OneLineParser:
         _add_figure_options(sub.add_parser(figure, help=ABOUT[figure], description=ABOUT[figure],
                                            formatter_class=HelpFormatter), figure)
     return p
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One attack_eval output directory: a gamma, a seed and (fig4) a defense; `options` are its run options."""
-
-    gamma: float
-    seed: int
-    defense: Optional[str]
-    path: Path
-    options: dict
-    defended_only: bool  # fig4's second and later defenses: no-attack and attack already ran in the first
-
-    def label(self, scenario: str) -> str:
-        if self.defense is None:
-            return FIG4_FIXED_LABELS[0]
-        fixed = dict(zip(("no-attack", "attack"), FIG4_FIXED_LABELS))
-        return fixed.get(scenario) or defended_label(self.defense, self.options["pre"])
 
 
 def parse_gammas(text: str) -> list[float]:
@@ -134,132 +139,97 @@ def parse_defenses(text: str) -> list[str]:
     return defenses
 
 
-def gamma_name(g: float) -> str:
-    return f"{g:g}"
-
-
-def make_cells(args: argparse.Namespace, out: Path) -> list[Cell]:
-    """The cells of the reproduction, in run order (seed, then gamma, then defense)."""
-    gammas = parse_gammas(args.gammas)
+def figure_spec(args: argparse.Namespace) -> SweepSpec:
+    """The figure's preset with its axes and fixed options taken from the parsed flags."""
     check(args.seeds >= 1, f"--seeds={args.seeds} is out of range: valid >= 1")
-    shared = run_defaults()  # what the figure does not set runs as attack_eval's default
-    shared.update({key: value for key, value in vars(args).items() if key in shared})
-    if args.figure == "fig3":
-        variants = [(None, dict(byzantine=0, attack="none", defense="mean"))]
-    else:
-        variants = [(d, dict(defense=d)) for d in parse_defenses(args.defenses)]
-    cells = []
-    for seed in range(args.seeds):  # seed-major: the first seed's picture is complete before the next starts
-        for g in gammas:
-            for k, (defense, extra) in enumerate(variants):
-                path = out / f"gamma-{gamma_name(g)}" / f"seed-{seed}"
-                path = path / defense if defense is not None else path
-                options = {**shared, **extra, "heterogeneity": f"gamma:{g!r}", "seed": seed, "out": str(path)}
-                cells.append(Cell(g, seed, defense, path, options, defended_only=k > 0))
-    return cells
+    check(args.jobs >= 1, f"--jobs={args.jobs} is out of range: valid >= 1")
+    where = f"--preset {args.figure}"
+    base = spec_from_config(parse_toml(preset_text(args.figure), where), args.figure, where, args.plugin)
+    swept = {"seed": tuple(range(args.seeds)),
+             "heterogeneity": tuple(f"gamma:{g!r}" for g in parse_gammas(args.gammas)),
+             "schemes": tuple(csv_items(args.schemes)) or (args.schemes,)}
+    if args.figure == "fig4":
+        swept["defense"] = tuple(parse_defenses(args.defenses))
+    fixed = {**base.fixed, **{k: v for k, v in vars(args).items() if k in base.fixed and k != "plugin"}}
+    return SweepSpec({axis: swept[axis] for axis in base.axes}, fixed, name=args.figure)
 
 
-def cell_plan(cell: Cell) -> Plan:
-    """attack_eval's validated plan for the cell: resuming it when it has started, otherwise fresh."""
-    resume = (cell.path / "config.json").is_file()
-    try:
-        plan = plan_from_args(argparse.Namespace(**cell.options, resume=resume))
-    except ArgumentError as error:
-        if resume and "differ" in str(error):
-            raise ArgumentError(f"--out holds runs made with other arguments ({cell.path}): {error}; "
-                                f"rerun with the same arguments or choose another --out") from error
-        raise
-    if cell.defended_only:
-        plan.runs = [run for run in plan.runs if run[1] == "attack+defense"]
-        plan.scenarios = ["attack+defense"]
-    return plan
+def _check_out(out: Path, config: dict) -> None:
+    check(not out.exists() or out.is_dir(), f"--out {out} exists and is not a directory")
+    saved = out / "reproduce.json"
+    if not saved.is_file():
+        return
+    old = json.loads(saved.read_text())
+    check(old.get("figure") == config["figure"],
+          f"--out {out} holds a {old.get('figure')} reproduction, not {config['figure']}: choose another --out")
+    diff = sorted(k for k in set(old) | set(config) if k not in NOT_COMPARED and old.get(k) != config.get(k))
+    check(not diff, f"--out {out} holds a reproduction made with other arguments (they differ in {diff}): rerun "
+                    f"with the same arguments or choose another --out")
 
 
-def _read_cell(cell: Cell, wanted: set) -> Optional[tuple[list[dict], list[dict]]]:
-    """The finished cell's summary entries and metric records of the `wanted` runs; None if it lacks one."""
-    if not (cell.path / DONE).is_file():
-        return None
-    saved = json.loads((cell.path / DONE).read_text())["summary"]
-    summary = [e for e in saved if (e["scheme"], e["scenario"]) in wanted]
-    if {(e["scheme"], e["scenario"]) for e in summary} != wanted:
-        return None  # e.g. --defenses reordered: the cell now owes runs it did not make (resume makes them)
-    lines = (cell.path / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
-    return summary, [r for r in records if (r["scheme"], r["scenario"]) in wanted]
+def _label(figure: str, cell) -> str:
+    if figure == "fig3" or cell.scenario == "no-attack":
+        return FIG4_FIXED_LABELS[0]
+    if cell.scenario == "attack":
+        return FIG4_FIXED_LABELS[1]
+    return defended_label(cell.columns["defense"], cell.columns["pre"])
 
 
-def _tag(cell: Cell, items: list[dict]) -> list[dict]:
-    return [dict(item, gamma=cell.gamma, seed=cell.seed, label=cell.label(item["scenario"])) for item in items]
-
-
-def run_cells(cells: list[Cell], figure: str, out: Path, config: dict,
-              quiet: bool = False) -> tuple[list[dict], list[dict]]:
-    """Train the unfinished cells, reading back the finished ones; returns the tagged entries and records.
-
-    The report is rewritten after every cell, so --out shows the partial tables while the rest trains.
-    """
-    entries, records = [], []
-    for cell in cells:
-        plan = cell_plan(cell)
-        wanted = set(plan.runs)
-        done = _read_cell(cell, wanted)
-        if done is None:
-            if not quiet:
-                defense = f" {cell.defense}" if cell.defense else ""
-                print(f"[{figure} gamma={gamma_name(cell.gamma)} seed={cell.seed}{defense}] -> {cell.path}", flush=True)
-            summary = runner.run_plan(plan)
-            text = json.dumps({"summary": summary}, indent=2, sort_keys=True) + "\n"
-            results.atomic_write_text(cell.path / DONE, text)
-            done = _read_cell(cell, wanted)
-        summary, run_records = done
-        del plan  # its dataset: one cell's tensors in memory at a time
-        entries += _tag(cell, summary)
-        records += _tag(cell, run_records)
-        write_report(out, figure, config, entries, records)
+def tagged(figure: str, plan, outcomes: dict) -> tuple[list[dict], list[dict]]:
+    """reproduce_report's entries and records: one per (gamma, seed, scheme, label), in the plan's order."""
+    entries, records, seen = [], [], set()
+    for cell in plan.cells:
+        gamma, seed, label = float(cell.columns["heterogeneity"].partition(":")[2]), int(cell.columns["seed"]), \
+            _label(figure, cell)
+        if (gamma, seed, cell.scheme, label) in seen or cell.key not in outcomes:
+            continue
+        seen.add((gamma, seed, cell.scheme, label))
+        entry, run_records = outcomes[cell.key]
+        tag = {"gamma": gamma, "seed": seed, "label": label}
+        entries.append({**entry, **tag})
+        records += [{**record, **tag} for record in run_records]
     return entries, records
 
 
-def _has_files(path: Path) -> bool:
-    return any(p.is_file() for p in path.rglob("*"))
-
-
-def plan_reproduction(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, Path, list[Cell]]:
-    """Parse and validate everything (each cell through attack_eval's validator) before --out is touched."""
+def plan_reproduction(argv: Optional[list[str]] = None):
+    """Parse and validate everything (every run through attack_eval's validator) before --out is touched."""
     args = build_parser().parse_args(argv)
-    if args.figure == "fig4":  # one spelling in the cells' configs and the labels: 'nnm', 'none', 'nnm,bucketing'
+    if args.figure == "fig4":  # one spelling in the configs and the labels: 'nnm', 'none', 'nnm,bucketing'
         args.pre = pre_text(parse_pre(args.pre))
     out = Path(args.out) if args.out is not None else Path("runs") / args.figure
-    check(not out.exists() or out.is_dir(), f"--out {out} exists and is not a directory")
-    saved = out / "reproduce.json"
-    if saved.is_file():
-        made = json.loads(saved.read_text()).get("figure")
-        check(made == args.figure, f"--out {out} holds a {made} reproduction, not {args.figure}: choose another --out")
-    cells = make_cells(args, out)
-    for cell in cells:
-        if cell.path.is_dir() and not (cell.path / "config.json").is_file():
-            check(not _has_files(cell.path), f"--out holds {cell.path} without config.json: it is not a "
-                                             f"reproduction cell; remove it or choose another --out")
-            # Killed before attack_eval wrote config.json: only empty directories, which attack_eval's
-            # fresh-output check would refuse.
-            shutil.rmtree(cell.path)
-        cell_plan(cell)  # raises on any bad argument or on a cell made with other arguments
-    return args, out, cells
+    spec = figure_spec(args)
+    config = {k: v for k, v in sorted(vars(args).items())}
+    config["plugins"] = config.pop("plugin")
+    config.update(out=str(out), gammas=parse_gammas(args.gammas), schemes=csv_items(args.schemes))
+    _check_out(out, config)
+    plan, store = engine.prepare(spec, 1, out / "runs")
+    config["runs"] = [str(store.path(key)) for key in plan.runs]
+    return args, out, config, plan, store
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     try:
         load_plugins(argv)
-        args, out, cells = plan_reproduction(argv)
+        args, out, config, plan, store = plan_reproduction(argv)
     except ArgumentError as error:
         return report(PROG, error)
     start = time.perf_counter()
-    config = {k: v for k, v in sorted(vars(args).items())}
-    config["plugins"] = config.pop("plugin")
-    config.update(out=str(out), gammas=parse_gammas(args.gammas), schemes=csv_items(args.schemes),
-                  cells=[str(c.path) for c in cells])
     out.mkdir(parents=True, exist_ok=True)
-    results.atomic_write_text(out / "reproduce.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
-    entries, records = run_cells(cells, args.figure, out, config, quiet=args.quiet)
+    atomic_write_text(out / "reproduce.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    last_report = [time.perf_counter()]
+
+    def progress(outcomes: dict) -> None:  # partial results while the rest trains; the plots once a minute
+        write_results(out / "results.csv", engine.rows_of(plan, store, outcomes))
+        if time.perf_counter() - last_report[0] > REPORT_EVERY_S:
+            write_report(out, args.figure, config, *tagged(args.figure, plan, outcomes))
+            last_report[0] = time.perf_counter()
+
+    setup = functools.partial(import_plugins, args.plugin) if args.plugin else None
+    execution = engine.Execution(jobs=args.jobs, setup=setup)
+    outcomes, _ = engine.train(plan, store, execution, quiet=args.quiet, on_outcome=progress)
+    write_results(out / "results.csv", engine.rows_of(plan, store, outcomes))
+    entries, records = tagged(args.figure, plan, outcomes)
     table = write_report(out, args.figure, config, entries, records, wall_s=time.perf_counter() - start)
     print(table, end="")
     print(f"outputs in {out}")

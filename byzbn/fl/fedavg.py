@@ -38,6 +38,7 @@ from byzbn._checks import check_int
 from byzbn._threads import one_cpu_thread
 from byzbn.attacks import byzantine_rows
 from byzbn.fl import seeds
+from byzbn.fl.client import flat_parameters, load_flat_parameters, local_steps
 from byzbn.fl.dsgd import Federation
 from byzbn.fl.passes import concat_rows, split_pass
 from byzbn.nn import BNStats, LayerOutput, bn_pass
@@ -65,16 +66,14 @@ class FedAvgFederation(Federation):
         self.local_engine = local_engine
         self.names = [name for name, _ in model.named_parameters()]
         self.sizes = [p.numel() for p in self.params]
-        self.momentum = torch.zeros(self.h, sum(self.sizes), device=self.params[0].device, dtype=self.params[0].dtype)
+        self.momentum = torch.zeros(self.clients, sum(self.sizes), device=self.params[0].device, dtype=self.params[0].dtype)
 
     # ---------------------------------------------------------------- flat parameters
     def _flat_params(self) -> torch.Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self.params])
+        return flat_parameters(self.model)
 
-    @torch.no_grad()
     def _load_flat(self, flat: torch.Tensor) -> None:
-        for p, chunk in zip(self.params, flat.split(self.sizes)):
-            p.copy_(chunk.view_as(p))
+        load_flat_parameters(self.model, flat)
 
     def _local_update(self, theta: torch.Tensor, grads: torch.Tensor, rows=slice(None)) -> None:
         with torch.no_grad():
@@ -83,21 +82,19 @@ class FedAvgFederation(Federation):
 
     # ---------------------------------------------------------------- local steps
     def _loop_steps(self, theta, batches, specs, r, first, recorded, losses) -> None:
-        """Each client runs local steps first … E − 1 on the shared module, one client after another."""
+        """Each client runs local steps first … E − 1 on the shared module, one client after another
+        (byzbn.fl.client.local_steps: what a Flower node runs too)."""
         per_step = {e: [] for e in range(first, self.local_steps)}
-        for i in range(self.h):
-            for e in range(first, self.local_steps):
-                t = r * self.local_steps + e
-                x, y = batches[e]
-                xi, yi = x.view(self.h, -1, *x.shape[1:])[i], y.view(self.h, -1)[i]
-                self._load_flat(theta[i])
-                with seeds.seeded_torch_rng(seeds.step_seed(self.seed, t, seeds.CLIENT_DROPOUT_STREAM + i), x.device):
-                    with bn_pass(self.layers, specs[e].replace(clients=1, backend="kernel")) as record:
-                        loss = F.cross_entropy(self.model(xi), yi)
-                    grads = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, self.params)])
-                self._local_update(theta, grads, i)
-                losses[e] += float(loss.detach()) / self.h
-                per_step[e].append(record.bn_stats(1))
+        for i in range(self.clients):
+            mine = [None if e < first else (x.view(self.clients, -1, *x.shape[1:])[i], y.view(self.clients, -1)[i])
+                    for e, (x, y) in enumerate(batches)]
+            client_losses, client_stats = local_steps(self.model, theta[i], self.momentum[i], mine, specs,
+                                                      seed=self.seed, round=r, client=i, lr=self.lr, beta=self.beta,
+                                                      first=first)
+            for e, loss, bn in zip(range(first, self.local_steps), client_losses, client_stats):
+                if i < self.h:  # the reported loss is the honest clients'
+                    losses[e] += loss / self.h
+                per_step[e].append(bn)
         for e, clients in per_step.items():
             if clients[0] is not None:
                 recorded[e] = BNStats([concat_rows([c.clients[k] for c in clients]) for k in range(len(self.layers))])
@@ -113,7 +110,7 @@ class FedAvgFederation(Federation):
             x, y = batches[e]
             spec = specs[e].replace(clients=1, backend="torch")  # the kernel is not vmappable
             flat = theta.detach().clone().requires_grad_(True)
-            stacked = {name: flat[:, a:b].view(self.h, *p.shape)
+            stacked = {name: flat[:, a:b].view(self.clients, *p.shape)
                        for name, p, a, b in zip(self.names, self.params, offsets, offsets[1:])}
             counts: list[int] = []
 
@@ -126,12 +123,13 @@ class FedAvgFederation(Federation):
 
             with seeds.seeded_torch_rng(seeds.step_seed(self.seed, t, seeds.DROPOUT_STREAM), x.device):
                 client_losses, moments = vmap(client_loss, randomness="different")(
-                    stacked, x.view(self.h, -1, *x.shape[1:]), y.view(self.h, -1))
+                    stacked, x.view(self.clients, -1, *x.shape[1:]), y.view(self.clients, -1))
             (grads,) = torch.autograd.grad(client_losses.sum(), flat)
             self._local_update(theta, grads)
-            losses[e] = float(client_losses.detach().mean())
+            losses[e] = float(client_losses.detach()[: self.h].mean())
             if moments:
-                recorded[e] = BNStats([LayerOutput(m, v, c).client_stats(self.h) for (m, v), c in zip(moments, counts)])
+                recorded[e] = BNStats([LayerOutput(m, v, c).client_stats(self.clients)
+                                       for (m, v), c in zip(moments, counts)])
 
     # ---------------------------------------------------------------- the round
     def step(self, engine: Optional[str] = None) -> float:
@@ -148,7 +146,7 @@ class FedAvgFederation(Federation):
         if self.reset_client_momentum:
             self.momentum.zero_()
         theta0 = self._flat_params()
-        theta = theta0.unsqueeze(0).repeat(self.h, 1)
+        theta = theta0.unsqueeze(0).repeat(self.clients, 1)
         recorded: list = [None] * E
         losses = [0.0] * E
         first = 0
@@ -171,11 +169,14 @@ class FedAvgFederation(Federation):
         return sum(losses) / E
 
     def _aggregate_updates(self, deltas: torch.Tensor, round: int, batches) -> torch.Tensor:
+        honest = deltas[: self.h]
         if not self.per_client:
-            return deltas.mean(dim=0)  # the no-op Byzantine rows leave the mean of the honest updates
-        context = self.attack_context(round, "grads", batches)
-        rows = torch.cat([deltas, byzantine_rows(deltas, self.scenario.channel_attack("grads"), context)])
-        return context.defense(rows)
+            return honest.mean(dim=0)  # the no-op Byzantine rows leave the mean of the honest updates
+        server, attacked = self.aggregators(round, "grads")
+        context = self.attack_context(round, "grads", batches, deltas[self.h:] if self.poisoning else None,
+                                      defense=attacked)
+        rows = torch.cat([honest, byzantine_rows(honest, self.scenario.channel_attack("grads"), context)])
+        return server(rows)
 
 
 __all__ = ["LOCAL_ENGINES", "FedAvgFederation"]

@@ -1,6 +1,7 @@
 """What a run's configuration (attack_eval's config.json) means: schemes, algorithm, and the Federation it builds.
 
-Shared by every command (byzbn.cli) and the tools built on it; every function takes the config dict
+Shared by every command (byzbn.cli), the sweep engine (byzbn.grid) and the tools built on them; every
+function takes the config dict
 (argparse's names, local_steps resolved) and raises ValueError with a one-line message, which the
 commands' validator reports as a bad argument.
 """
@@ -21,7 +22,7 @@ DEFAULT_FEDAVG_LOCAL_STEPS = 5
 # Arguments added after config.json files were first written: a saved config without them ran with
 # these values, so --resume treats a missing key as this value.
 ADDED_DEFAULTS = {"algorithm": "dsgd", "local_steps": 1, "reset_client_momentum": False, "groups": DEFAULT_GROUPS,
-                  "plugins": []}
+                  "plugins": [], "defense_params": {}, "pre_params": {}}
 
 SCHEME_SUMMARY = """\
     centralized  BN on the union of the honest batches, one machine (reference upper bound, no attack,
@@ -35,6 +36,20 @@ SCHEME_SUMMARY = """\
     hbn          Hybrid BN: (1 - a)·global + a·batch, a = sigmoid(d) learnable per channel; global as fbn
     groupnorm    GroupNorm (--groups) instead of BN: no statistics, only gradients can be attacked
 """
+
+
+def aggregator_names() -> list[str]:
+    """The registered robust rules, plugins' included (read at call time)."""
+    from byzbn.defenses import AGGREGATORS
+
+    return sorted(AGGREGATORS)
+
+
+def pre_aggregator_names() -> list[str]:
+    """The registered pre-aggregators, plugins' included (read at call time)."""
+    from byzbn.defenses import PRE_AGGREGATORS
+
+    return sorted(PRE_AGGREGATORS)
 
 
 def scheme_params(name: str, config: dict) -> dict:
@@ -120,6 +135,7 @@ def build_federation(config: dict, name: str, scenario_name: str, dataset, clien
     return Federation(model, scheme, scenario, *data, **common)
 
 
-__all__ = ["ALGORITHMS", "DEFAULT_FEDAVG_LOCAL_STEPS", "ADDED_DEFAULTS", "SCHEME_SUMMARY", "scheme_params",
+__all__ = ["ALGORITHMS", "DEFAULT_FEDAVG_LOCAL_STEPS", "ADDED_DEFAULTS", "SCHEME_SUMMARY", "aggregator_names",
+           "pre_aggregator_names", "scheme_params",
            "uses_fedavg", "scheme_steps", "runs_attacked", "resolve_local_steps", "check_statistics_target",
            "dry_build", "build_federation"]

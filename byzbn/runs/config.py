@@ -21,10 +21,9 @@ from typing import Optional
 
 import torch
 
-from byzbn.cli.errors import ArgumentError, check, flag_errors
-from byzbn.cli.options import pre_aggregator_names
-from byzbn.run_config import (ADDED_DEFAULTS, check_statistics_target, dry_build, resolve_local_steps,
-                              runs_attacked, scheme_params, scheme_steps)
+from byzbn.runs.build import (ADDED_DEFAULTS, check_statistics_target, dry_build, pre_aggregator_names,
+                              resolve_local_steps, runs_attacked, scheme_params, scheme_steps)
+from byzbn.runs.errors import ArgumentError, check, flag_errors
 
 # Arguments that do not change what a run computes: --resume may change them.
 NOT_COMPARED_ON_RESUME = ("out", "resume", "quiet")
@@ -88,17 +87,31 @@ def pre_text(names: list[str]) -> str:
     return ",".join(names) or "none"
 
 
-def parse_attack_params(items: list[str]) -> dict:
+def parse_attack_params(items: list[str], flag: str = "--attack-param") -> dict:
+    """{K: V} from K=V items; V a Python literal, else the string itself."""
     params = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip()
         check(bool(sep) and key.isidentifier(),
-              f"--attack-param {item!r} is malformed: expected K=V with K a parameter name")
+              f"{flag} {item!r} is malformed: expected K=V with K a parameter name")
         try:
             params[key] = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
             params[key] = text.strip()
+    return params
+
+
+def parse_pre_params(items: list[str], pre: list[str]) -> dict:
+    """--pre-param NAME.K=V items as {NAME: {K: V}}; NAME must be one of the pre-aggregators in --pre."""
+    params: dict = {}
+    for item in items:
+        name, dot, rest = item.partition(".")
+        name = name.strip()
+        check(bool(dot) and bool(name) and "=" in rest,
+              f"--pre-param {item!r} is malformed: expected NAME.K=V with NAME a pre-aggregator of --pre")
+        check(name in pre, f"--pre-param {item!r}: {name!r} is not in --pre ({pre_text(pre)})")
+        params.setdefault(name, {}).update(parse_attack_params([rest], "--pre-param"))
     return params
 
 
@@ -126,23 +139,40 @@ def _device(name: str) -> torch.device:
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def _load_dataset(args: argparse.Namespace):
+def _load_dataset(args: argparse.Namespace, datasets: Optional[dict] = None):
+    """The dataset of --dataset; `datasets` (when given) caches it across the calls of one sweep."""
     from byzbn.data import load_dataset
 
+    key = (args.dataset, args.data_root, args.download)
+    if datasets is not None and key in datasets:
+        return datasets[key]
     try:
         with flag_errors(f"--dataset {args.dataset}"):
-            return load_dataset(args.dataset, data_root=args.data_root, download=args.download)
+            dataset = load_dataset(args.dataset, data_root=args.data_root, download=args.download)
     except (OSError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as error:
         raise ArgumentError(f"--dataset {args.dataset}: cannot read it ({type(error).__name__}: {error})") from error
+    if datasets is not None:
+        datasets[key] = dataset
+    return dataset
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
-    """Validate every argument and load the data; raises ArgumentError for a bad one, writes nothing."""
-    from byzbn.attacks import make_attack
+    """Validate every argument, load the data and check --out; raises ArgumentError for a bad one, writes nothing."""
+    plan = validate_run(args)
+    _check_out(plan.out, plan.config, args.resume)
+    return plan
+
+
+def validate_run(args: argparse.Namespace, datasets: Optional[dict] = None) -> Plan:
+    """Validate every argument but --out and load the data (cached in `datasets` when given); writes nothing.
+
+    The sweep validates every point of its grid this way, and stores the runs itself (byzbn.grid.store).
+    """
+    from byzbn.attacks import make_attack, poisons_data
     from byzbn.data import parse_partition, partition
     from byzbn.defenses import make_defense
-    from byzbn.fl.scenario import SCENARIOS
-    from byzbn.schemes import make_scheme
+    from byzbn.fl.scenario import SCENARIOS, TARGETS, incompatibility
+    from byzbn.schemes import SCHEMES, make_scheme
 
     schemes = parse_schemes(args.schemes)
     _check_ranges(args)
@@ -160,8 +190,11 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
             attack = make_attack(args.attack, **params)
     pre = parse_pre(args.pre)
     pre = default_pre(args.defense) if pre is None else pre
+    defense_params = parse_attack_params(args.defense_param, "--defense-param")
+    pre_params = parse_pre_params(args.pre_param, pre)
     with flag_errors(f"--defense {args.defense} (--pre {pre_text(pre)})"):
-        defense = make_defense(args.defense, f, pre=pre or None)
+        defense = make_defense(args.defense, f, pre=[(p, pre_params.get(p, {})) for p in pre] or None,
+                               **defense_params)
         defense.check_n(n)
     with flag_errors("--heterogeneity"):
         parse_partition(args.heterogeneity)
@@ -172,15 +205,22 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     with flag_errors("--target"):
         check_statistics_target(schemes, attack is not None, args.target)
 
-    dataset = _load_dataset(args)
+    dataset = _load_dataset(args, datasets)
     for s in schemes:  # e.g. --groups must divide every layer's channels at this --width
         with flag_errors(f"--schemes {s} at --width {args.width}"):
             dry_build(s, resolved, dataset)
     h = n - f
-    with flag_errors(f"--heterogeneity {args.heterogeneity} with {h} honest clients"):
-        client_indices = torch.stack(partition(dataset.y_train, h, args.heterogeneity, args.seed))
+    # Data-poisoning Byzantine clients (label-flip) hold a share like the honest clients: n shares, the
+    # honest clients' first, so every scenario of the run trains the honest clients on the same data.
+    holders, who = (n, "clients (the Byzantine ones hold data under this attack)") if poisons_data(attack) \
+        else (h, "honest clients")
+    for s in schemes:
+        reason = incompatibility(SCHEMES[s], attack, TARGETS[args.target]) if SCHEMES[s].attackable else None
+        check(reason is None, f"--attack {args.attack} --schemes {s}: {reason}")
+    with flag_errors(f"--heterogeneity {args.heterogeneity} with {holders} {who}"):
+        client_indices = torch.stack(partition(dataset.y_train, holders, args.heterogeneity, args.seed))
     check(args.batch_size <= client_indices.shape[1],
-          f"--batch-size={args.batch_size} is out of range: each of the {h} honest clients holds "
+          f"--batch-size={args.batch_size} is out of range: each of the {holders} {who} holds "
           f"{client_indices.shape[1]} samples")
 
     scenarios = list(SCENARIOS) if attack is not None else ["no-attack"]
@@ -189,14 +229,16 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     config.update(local_steps=local_steps, pre=pre_text(pre), schemes=schemes, attack_params=params,
                   device=str(device), honest=h, samples_per_client=int(client_indices.shape[1]),
                   plugins=list(config.pop("plugin")))
-    config.pop("attack_param")
+    config.update(defense_params=defense_params, pre_params=pre_params)
+    for flag_list in ("attack_param", "defense_param", "pre_param"):   # recorded parsed, as *_params
+        config.pop(flag_list)
     out = Path(args.out) if args.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     config["out"] = str(out)
     try:  # what config.json will hold (tuples become lists), so that --resume compares like with like
         config = json.loads(json.dumps(config))
     except (TypeError, ValueError) as error:
-        raise ArgumentError(f"--attack-param values must be numbers, strings, booleans or None ({error})") from error
-    _check_out(out, config, args.resume)
+        raise ArgumentError(f"--attack-param, --defense-param and --pre-param values must be numbers, strings, "
+                            f"booleans or None ({error})") from error
     return Plan(config, out, dataset, client_indices, device, attack, defense, runs, schemes, scenarios,
                 quiet=args.quiet, resume=args.resume)
 
@@ -215,4 +257,4 @@ def _check_out(out: Path, config: dict, resume: bool) -> None:
 
 
 __all__ = ["Plan", "NOT_COMPARED_ON_RESUME", "csv_items", "parse_schemes", "parse_pre", "default_pre", "pre_text",
-           "parse_attack_params", "plan_from_args"]
+           "parse_attack_params", "parse_pre_params", "plan_from_args", "validate_run"]

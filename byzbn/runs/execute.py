@@ -10,9 +10,9 @@ import math
 import sys
 import time
 
-from byzbn import results
-from byzbn.cli.validate import Plan
-from byzbn.run_config import build_federation
+from byzbn.runs import results
+from byzbn.runs.build import build_federation
+from byzbn.runs.config import Plan
 
 
 def _reached(before: int, after: int, every: int) -> bool:

@@ -22,7 +22,8 @@ SUMMARY_FIELDS = ("scheme", "scenario", "final_acc", "best_acc", "status", "step
                   "stats_clamped", "wall_s")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write bytes to path atomically: a temporary file beside it, fsynced, then os.replace."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -39,14 +40,14 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text to path atomically."""
-    _atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save `state` to path atomically."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: Path) -> Optional[dict]:
@@ -154,8 +155,9 @@ def plot_curves(path: Path, records: list[dict], schemes: list[str], scenarios: 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
-__all__ = ["SUMMARY_FIELDS", "atomic_write_text", "save_checkpoint", "load_checkpoint", "finite_or_none",
-           "run_key", "defense_label", "write_metrics", "write_summary", "format_table", "plot_curves"]
+__all__ = ["SUMMARY_FIELDS", "atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint",
+           "finite_or_none", "run_key", "defense_label", "write_metrics", "write_summary", "format_table",
+           "plot_curves"]

@@ -1,0 +1,108 @@
+"""A sweep from grid to outputs, for the commands: plan (writes nothing), train, write the outputs.
+
+    plan, store = prepare(spec, threads, store_root)     # every point validated, the store checked
+    outcomes, trained = train(plan, store, execution)    # finished runs read back, the others trained
+    write_outputs(out, plan, store, outcomes, record)    # results.csv, heatmap/breakdown, table.md, report.md
+
+One progress bar covers the whole sweep: runs done / distinct runs, and the ETA from the rate so far.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from byzbn.grid.backends import run_tasks
+from byzbn.grid.planner import SweepPlan, check_store, plan_sweep
+from byzbn.grid.plots import write_plots
+from byzbn.grid.report import write_reports
+from byzbn.grid.spec import SweepSpec, value_text
+from byzbn.grid.store import Store
+from byzbn.grid.table import cell_rows, read_results, write_results
+from byzbn.grid.worker import DATASETS, Outcome, Task
+from byzbn.runs.results import atomic_write_text
+
+RECORD = "sweep.json"
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the runs train: backend 'local' (jobs processes; 1 = this process) or 'ray' (at ray_address)."""
+
+    backend: str = "local"
+    jobs: int = 1
+    threads: int = 1
+    ray_address: Optional[str] = None
+    setup: Optional[Callable[[], object]] = None  # run first in every worker: the command's --plugin imports
+
+
+def prepare(spec: SweepSpec, threads: int, store_root: Path) -> tuple[SweepPlan, Store]:
+    """Validate every point and check the store; raises ArgumentError, writes nothing."""
+    store = Store(store_root)
+    plan = plan_sweep(spec, threads, DATASETS)
+    check_store(plan, store)
+    return plan, store
+
+
+def train(plan: SweepPlan, store: Store, execution: Execution, quiet: bool = False,
+          on_outcome: Optional[Callable[[dict], None]] = None) -> tuple[dict, int]:
+    """({key: (summary entry, records)} of every distinct run, the number trained by this call).
+
+    `on_outcome(outcomes)` is called after each run finishes (e.g. to rewrite a partial results.csv).
+    """
+    from tqdm import tqdm
+
+    outcomes = {key: read for key in plan.runs if (read := store.read(key)) is not None}
+    tasks = [Task(run.key, run.identity, run.options, run.scheme, run.scenario,
+                  str(store.prepare(run.key, run.identity)), execution.threads)
+             for run in plan.runs.values() if run.key not in outcomes]
+    bar = tqdm(total=len(plan.runs), initial=len(outcomes), unit="run", desc=plan.spec.name, file=sys.stderr,
+               disable=quiet, dynamic_ncols=True, smoothing=0)
+
+    def done(outcome: Outcome) -> None:
+        outcomes[outcome.key] = (outcome.entry, outcome.records)
+        bar.update(1)
+        if on_outcome is not None:
+            on_outcome(outcomes)
+
+    try:
+        run_tasks(tasks, done, backend=execution.backend, jobs=execution.jobs, setup=execution.setup,
+                  ray_address=execution.ray_address)
+    finally:
+        bar.close()
+    return outcomes, len(tasks)
+
+
+def rows_of(plan: SweepPlan, store: Store, outcomes: dict) -> list[dict]:
+    return cell_rows(plan.cells, {key: entry for key, (entry, _) in outcomes.items()}, store.path)
+
+
+def record_of(plan: SweepPlan, store: Store, outcomes: dict, execution: Execution, trained: int,
+              command: str, wall_s: float) -> dict:
+    """sweep.json: the grid, the counts, the times (what report.md states)."""
+    walls = {key: entry["wall_s"] for key, (entry, _) in outcomes.items()}
+    return {"name": plan.spec.name, "command": command, "store": str(store.root),
+            "axes": {k: [value_text(v) for v in values] for k, values in plan.spec.axes.items()},
+            "fixed": {k: value_text(v) for k, v in plan.spec.fixed.items()},
+            "counts": {"cells": len(plan.cells), "runs": len(plan.runs), "trained": trained,
+                       "read_back": len(plan.runs) - trained},
+            "backend": execution.backend, "jobs": execution.jobs, "threads": execution.threads,
+            "wall_s": round(wall_s, 3), "train_s": round(sum(walls.values()), 3),
+            "naive_grid_train_s": round(sum(walls.get(cell.key, 0.0) for cell in plan.cells), 3)}
+
+
+def write_outputs(out: Path, plan: SweepPlan, store: Store, outcomes: dict, record: dict,
+                  tolerance: float = 0.1) -> list[dict]:
+    """results.csv, then (read back from it) heatmap.png, breakdown.png, table.md, report.md; and sweep.json."""
+    out = Path(out)
+    write_results(out / "results.csv", rows_of(plan, store, outcomes))
+    rows = read_results(out / "results.csv")
+    images = write_plots(out, rows)
+    write_reports(out, rows, record, tolerance, images)
+    atomic_write_text(out / RECORD, json.dumps(record, indent=2) + "\n")
+    return rows
+
+
+__all__ = ["RECORD", "Execution", "prepare", "train", "rows_of", "record_of", "write_outputs"]

@@ -1,0 +1,55 @@
+"""What a run computes with: the part of its configuration each scenario depends on.
+
+A run is one scheme × scenario of a configuration (attack_eval's config.json). The no-attack scenario
+reads neither the attack nor the defense (its Byzantine clients submit the no-op honest mean and the
+server averages: byzbn.fl.scenario), and the undefended attack scenario does not read the defense (the
+server averages). Without Byzantine clients (f = 0) no attack has anyone to submit for it (byzbn.attacks:
+an attack returns no rows at f = 0), so the attack and its parameters are not read either (the target
+channel still is: it decides which channels are aggregated per client). So two configurations that
+differ only there train the same run, and the sweep (byzbn.grid) trains it once; what the validator
+derives from the data (the partition: a data-poisoning attack gives its Byzantine clients shares) is
+part of a run's identity in the sweep, so it never merges runs whose data differ.
+
+Every config key is classified below; a key added to the run options must be added to one of these sets
+(tests/test_sweep_plan.py checks that none is left out), and a key nobody classified counts as
+computing (a run is never merged with one it differs from).
+"""
+from __future__ import annotations
+
+# Read by the attack scenarios only.
+ATTACK_KEYS = frozenset({"attack", "attack_params", "target", "attack_fields"})
+# Read by the attack+defense scenario only.
+DEFENSE_KEYS = frozenset({"defense", "pre", "defense_params", "pre_params"})
+# Where and how a run is stored or shown, never what it computes (a resumed run computes the same).
+NOT_COMPUTED = frozenset({"out", "resume", "quiet", "checkpoint_every", "plugins", "data_root", "download"})
+# What every scenario computes with.
+RUN_KEYS = frozenset({"schemes", "clients", "byzantine", "fixbn_freeze", "groups", "algorithm", "local_steps",
+                      "reset_client_momentum", "dataset", "heterogeneity", "steps", "batch_size", "lr", "momentum",
+                      "width", "eval_every", "seed", "device", "honest", "samples_per_client"})
+
+
+# What an attack scenario without Byzantine clients does not read.
+ATTACKER_KEYS = frozenset({"attack", "attack_params"})
+
+
+def ignored_keys(scenario: str, byzantine: int) -> frozenset:
+    """The config keys scenario `scenario` does not read (with `byzantine` Byzantine clients)."""
+    if scenario == "no-attack":
+        return ATTACK_KEYS | DEFENSE_KEYS
+    unread = DEFENSE_KEYS if scenario == "attack" else frozenset()
+    return (unread | ATTACKER_KEYS) if byzantine == 0 else unread
+
+
+def run_identity(config: dict, scheme: str, scenario: str) -> dict:
+    """The configuration that scheme × scenario of `config` computes with (JSON-ready, keys sorted).
+
+    `config` is a validated Plan's config (byzbn.runs.config); its `schemes` list becomes the one
+    `scheme`. Equal identities train to equal results on the same code and data.
+    """
+    skip = ignored_keys(scenario, config["byzantine"]) | NOT_COMPUTED | {"schemes"}
+    identity = {key: value for key, value in config.items() if key not in skip}
+    identity.update(scheme=scheme, scenario=scenario)
+    return dict(sorted(identity.items()))
+
+
+__all__ = ["ATTACK_KEYS", "DEFENSE_KEYS", "ATTACKER_KEYS", "NOT_COMPUTED", "RUN_KEYS", "ignored_keys", "run_identity"]
