@@ -64,10 +64,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from byzbn._checks import check_int
 from byzbn.attacks.context import AttackContext
-from byzbn.attacks.optimal import bracketed_line_search
-from byzbn.attacks.registry import Attack, finite_float, register_attack, repeat_row
+from byzbn.attacks.optimal import bracketed_line_search, set_search_parameters
+from byzbn.attacks.registry import Attack, register_attack, repeat_row
 from byzbn.nn import BNPass, bn_pass, federated_bn_layers
 
 CHANNELS = ("stats", "grads")
@@ -126,14 +125,7 @@ class BNAdaptive(Attack):
 
     def __init__(self, min_scale: float = 1e-2, max_scale: float = 1e2, grid: int = 17, iters: int = 25,
                  brackets: int = 3):
-        self.min_scale = finite_float("min_scale", min_scale)
-        self.max_scale = finite_float("max_scale", max_scale)
-        if not 0.0 < self.min_scale < self.max_scale:
-            raise ValueError(f"min_scale and max_scale must satisfy 0 < min_scale < max_scale, "
-                             f"got min_scale={min_scale!r}, max_scale={max_scale!r}")
-        self.grid = check_int("grid", grid, 2, 10_000, "points per direction")
-        self.iters = check_int("iters", iters, 0, 200, "golden-section refinements")
-        self.brackets = check_int("brackets", brackets, 1, 2 * self.grid + 3, "grid peaks refined")
+        set_search_parameters(self, min_scale, max_scale, grid, iters, brackets)
         self._last = None  # (objects, versions, gradients) of the last statistics pass
 
     # ---------------------------------------------------------------- the direction

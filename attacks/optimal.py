@@ -84,6 +84,18 @@ def bracketed_line_search(objective: Callable[[float], float], anchors: list[flo
     return max(seen, key=lambda tv: (tv[1], -abs(tv[0])))
 
 
+def set_search_parameters(attack, min_scale, max_scale, grid, iters, brackets) -> None:
+    """Validate the scale line search's parameters and set them on `attack` (every attack that searches)."""
+    attack.min_scale = finite_float("min_scale", min_scale)
+    attack.max_scale = finite_float("max_scale", max_scale)
+    if not 0.0 < attack.min_scale < attack.max_scale:
+        raise ValueError(f"min_scale and max_scale must satisfy 0 < min_scale < max_scale, "
+                         f"got min_scale={min_scale!r}, max_scale={max_scale!r}")
+    attack.grid = check_int("grid", grid, 2, 10_000, "points per direction")
+    attack.iters = check_int("iters", iters, 0, 200, "golden-section refinements")
+    attack.brackets = check_int("brackets", brackets, 1, 2 * attack.grid + 3, "grid peaks refined")
+
+
 class OptimalScaleAttack(Attack):
     """Shared search; subclasses give the row at a scale and the classical scale to anchor the grid."""
 
@@ -91,14 +103,7 @@ class OptimalScaleAttack(Attack):
 
     def __init__(self, min_scale: float = 1e-2, max_scale: float = 1e2, grid: int = 17, iters: int = 25,
                  brackets: int = 3):
-        self.min_scale = finite_float("min_scale", min_scale)
-        self.max_scale = finite_float("max_scale", max_scale)
-        if not 0.0 < self.min_scale < self.max_scale:
-            raise ValueError(f"min_scale and max_scale must satisfy 0 < min_scale < max_scale, "
-                             f"got min_scale={min_scale!r}, max_scale={max_scale!r}")
-        self.grid = check_int("grid", grid, 2, 10_000, "points per direction")
-        self.iters = check_int("iters", iters, 0, 200, "golden-section refinements")
-        self.brackets = check_int("brackets", brackets, 1, 2 * self.grid + 3, "grid peaks refined")
+        set_search_parameters(self, min_scale, max_scale, grid, iters, brackets)
 
     @abc.abstractmethod
     def line(self, honest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

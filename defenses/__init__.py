@@ -25,4 +25,6 @@ __all__ = [
     "AGGREGATORS", "PRE_AGGREGATORS", "DEFENSES", "register_aggregator", "register_pre_aggregator",
     "aggregator_parameters", "pre_aggregator_parameters", "Aggregator", "PreAggregator", "Mean",
     "CoordinateMedian", "TrimmedMean", "NearestNeighbourMixing", "Defense", "make_defense", "functional",
+    "CenteredClipping", "GeometricMedian", "Meamed", "AdaptiveRobustClipping", "Bucketing", "Clipping", "Krum",
+    "MoNNA", "MultiKrum", "CAF", "MDA", "SMEA",
 ]

@@ -24,7 +24,7 @@ import torch
 from byzbn import kernels
 from byzbn._checks import check_f, check_matrix
 from byzbn._registry import check_parameters, keyword_parameters, parameter_defaults, required_parameters
-from byzbn.defenses.registry import PRE_AGGREGATORS, aggregator_class, pre_aggregator_class
+from byzbn.defenses.registry import PRE_AGGREGATORS, aggregator_class
 from byzbn.defenses.rules import fused_call
 
 PreItem = Union[str, tuple[str, Mapping]]
