@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-import time
 import types
 from typing import NamedTuple, Optional
 
@@ -29,7 +28,6 @@ import torch
 
 from byzbn.defenses import make_defense
 
-THREADS = 2
 CUDA = torch.cuda.is_available()
 _MEDIANS: dict[str, dict[str, float]] = {}   # case id → provider → median seconds
 
@@ -84,27 +82,6 @@ def byzfl_aggregators():
         for name in [k for k in sys.modules if k == "byzfl" or k.startswith("byzfl.")]:
             del sys.modules[name]
         sys.modules.update(saved)
-
-
-@pytest.fixture(scope="module")
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def copy_gbps(two_threads) -> float:
-    """RAM-to-RAM copy bandwidth, read + write bytes per second / 1e9."""
-    src = torch.empty(2**26, dtype=torch.uint8).fill_(1)
-    dst = torch.empty_like(src)
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * src.numel() / best / 1e9
 
 
 _DATA: dict[tuple, torch.Tensor] = {}

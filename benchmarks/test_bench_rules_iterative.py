@@ -14,7 +14,6 @@ Targets are read off these numbers, never asserted.
 from __future__ import annotations
 
 import importlib.util
-import time
 
 import pytest
 import torch
@@ -23,7 +22,6 @@ from byzbn.defenses import make_defense
 
 N, D = 32, 10**6
 F = (N - 1) // 4
-THREADS = 2
 _MEDIANS: dict[str, dict[str, float]] = {}   # case → provider → median seconds
 
 # name → (byzbn's make_defense arguments, passes over x, ByzFL's class name and arguments, copies input)
@@ -51,32 +49,11 @@ def _byzfl():
 
 
 @pytest.fixture(scope="module")
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def submissions():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N, D, generator=g)
     x[:F] += 10.0    # f outlying rows, as in benchmarks/test_bench_kernels.py
     return x
-
-
-@pytest.fixture(scope="module")
-def copy_gbps(two_threads) -> float:
-    """RAM-to-RAM copy bandwidth, read + write bytes per second / 1e9."""
-    src = torch.empty(2**26, dtype=torch.uint8).fill_(1)
-    dst = torch.empty_like(src)
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * src.numel() / best / 1e9
 
 
 def _callable(provider: str, name: str, x: torch.Tensor):
