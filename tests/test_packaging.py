@@ -27,12 +27,13 @@ def test_non_editable_install_adds_only_byzbn_to_site_packages():
     top_level.discard("__pycache__")
     assert top_level == {"byzbn"}
     installed = {str(p) for p in dist.files}
-    for sub in ("kernels", "attacks", "defenses", "cli", "runs", "grid", "grid/presets", "data", "fl", "nn", "schemes"):
+    for sub in ("kernels", "attacks", "defenses", "cli", "runs", "grid", "grid/presets", "grid/claims", "data", "fl",
+                "nn", "schemes"):
         assert f"byzbn/{sub}/__init__.py" in installed
     # The sweep presets are package data: `python -m byzbn.sweep --preset NAME` needs them installed.
     from byzbn.grid.presets import preset_names
 
-    for name in ("fig3", "fig4", "breakdown", "heatmap"):
+    for name in ("fig3", "fig4", "breakdown", "heatmap", "fixbn", "fedtan", "hbn", "schemes-under-attack"):
         assert f"byzbn/grid/presets/{name}.toml" in installed
         assert name in preset_names()
 

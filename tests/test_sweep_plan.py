@@ -108,14 +108,74 @@ def test_every_run_configuration_key_is_classified(tiny_npz):
 
 
 @pytest.mark.parametrize("name,cells,runs", [("fig3", 16, 16), ("fig4", 24, 16), ("breakdown", 360, 176),
-                                             ("heatmap", 1350, 498)])
-def test_the_presets_expand_to_their_grids(tiny_npz, name, cells, runs):
+                                             ("heatmap", 1350, 498),
+                                             # 4 schemes x 3 E x 3 partitions x 2 momenta; centralized once
+                                             # per partition (it never trains with FedAvg)
+                                             ("fixbn", 72, 57),
+                                             # 2 seeds x 3 partitions x 2 E x 4 schemes; centralized per seed
+                                             # and partition
+                                             ("fedtan", 48, 42),
+                                             ("hbn", 48, 48),
+                                             # groupnorm under statistics attacks and fedtan under bn-adaptive
+                                             # answer no-attack only (byzbn.runs.config.validate_run: compared)
+                                             ("schemes-under-attack", 816, 348)])
+def test_the_presets_expand_to_their_grids(tmp_path, name, cells, runs):
     from byzbn.cli.sweep_config import parse_toml
+    from conftest import write_tiny_npz
 
-    config = apply_sets(parse_toml(preset_text(name), name), [f"dataset='npz:{tiny_npz}'", "width=0.0625"])
+    npz = write_tiny_npz(tmp_path / "tiny.npz", train=800)  # hbn's batch of 64 needs 64 samples per client
+    config = apply_sets(parse_toml(preset_text(name), name), [f"dataset='npz:{npz}'", "width=0.0625"])
     plan = plan_sweep(spec_of(config, name), threads=1)
     assert (len(plan.cells), len(plan.runs)) == (cells, runs)
-    assert set(preset_names()) >= {"fig3", "fig4", "breakdown", "heatmap"}
+    assert set(preset_names()) >= {"fig3", "fig4", "breakdown", "heatmap", "fixbn", "fedtan", "hbn",
+                                   "schemes-under-attack"}
+
+
+def test_options_a_scheme_never_reads_do_not_split_its_runs(tiny_npz):
+    # The centralized reference never trains with FedAvg: E and the momentum reset are not its options;
+    # fixbn's T* is only fixbn's.
+    plan = plan_sweep(spec_of(tiny_config(tiny_npz, schemes=["centralized", "naive", "fixbn"], attack="none",
+                                          byzantine=0, algorithm="fedavg", steps=4, local_steps=[1, 2],
+                                          reset_client_momentum=[False, True], fixbn_freeze=[0.25, 0.5])), threads=1)
+    runs = {}
+    for run in plan.runs.values():
+        runs[run.scheme] = runs.get(run.scheme, 0) + 1
+    assert runs == {"centralized": 1, "naive": 4, "fixbn": 8}
+    assert len(plan.cells) == 24
+
+
+def test_defaults_keep_the_run_keys_they_had(tiny_npz):
+    from byzbn.runs.identity import run_identity, scheme_unread
+
+    config = {"schemes": ["naive"], "algorithm": "dsgd", "local_steps": 1, "reset_client_momentum": False,
+              "fixbn_freeze": 0.5, "groups": 2, "steps": 10, "byzantine": 0}
+    assert scheme_unread(config, "naive") == {"fixbn_freeze": 0.5, "groups": 2, "algorithm": "dsgd",
+                                              "local_steps": 1, "reset_client_momentum": False}
+    assert run_identity(config, "naive", "no-attack") == run_identity({**config, "fixbn_freeze": 0.3}, "naive",
+                                                                      "no-attack")
+    assert run_identity(config, "fixbn", "no-attack") != run_identity({**config, "fixbn_freeze": 0.3}, "fixbn",
+                                                                      "no-attack")
+    fedavg = {**config, "algorithm": "fedavg", "local_steps": 5}
+    assert run_identity(fedavg, "naive", "no-attack")["local_steps"] == 5
+    assert run_identity(fedavg, "centralized", "no-attack")["local_steps"] == 1
+
+
+def test_a_pair_the_attack_cannot_target_answers_no_attack_only(tiny_npz, capsys):
+    # attack_eval refuses --schemes fedtan --attack bn-adaptive and --schemes groupnorm --target stats; a sweep
+    # crossing them with other schemes keeps their no-attack cells and says why the others are missing.
+    config = tiny_config(tiny_npz, schemes=["naive", "fedtan", "groupnorm"], attack=["alie", "bn-adaptive"],
+                         byzantine=[1], defense="median")
+    plan = plan_sweep(spec_of(config), threads=1)
+    scenarios = {}
+    for cell in plan.cells:
+        scenarios.setdefault((cell.scheme, cell.assignment["attack"]), []).append(cell.scenario)
+    assert scenarios[("fedtan", "alie")] == ["no-attack", "attack", "attack+defense"]
+    assert scenarios[("fedtan", "bn-adaptive")] == scenarios[("groupnorm", "alie")] == ["no-attack"]
+    assert list(plan.unattacked.values()) == [1] and "--schemes fedtan" in next(iter(plan.unattacked))
+    path = Path(tiny_npz).parent / "pairs.toml"
+    path.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in config.items()) + "\n")
+    assert sweep.main([str(path), "--dry-run", "--out", str(path.parent / "pairs-out")]) == 0
+    assert "no attack cells at 1 point: --attack bn-adaptive --target stats --schemes fedtan" in capsys.readouterr().out
 
 
 def test_keys_take_either_spelling_and_set_overrides_them(tiny_npz):

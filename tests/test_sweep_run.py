@@ -211,3 +211,19 @@ def test_the_docs_page_is_the_report_with_its_images_beside_it(reference, tmp_pa
         assert (page.parent / "sweep" / name).read_bytes() == (reference / name).read_bytes()
     assert text == report_text(table, record, 0.1, ["heatmap.png", "breakdown.png"], image_dir="sweep/")
     assert text.replace("](sweep/", "](") == (reference / "report.md").read_text()  # report.md, images beside it
+
+
+def test_redraw_rewrites_the_outputs_from_results_csv_and_trains_nothing(reference, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out, ignore=shutil.ignore_patterns("runs"))  # no store: nothing to train from
+    (out / "report.md").unlink()
+    (out / "heatmap.png").unlink()
+    page = tmp_path / "docs" / "SWEEP.md"
+    assert sweep.main(["--redraw", "--out", str(out), "--docs", str(page), "--tolerance", "0.2"]) == 0
+    assert (out / "heatmap.png").read_bytes() == (reference / "heatmap.png").read_bytes()
+    assert (out / "report.md").is_file() and "![heatmap](sweep/heatmap.png)" in page.read_text()
+    assert sweep.main(["--redraw", "--out", str(tmp_path)]) == 2
+    assert "holds no finished sweep" in capsys.readouterr().err
+    assert sweep.main(["--redraw", "--out", str(out), "--preset", "fig3"]) == 2

@@ -47,7 +47,7 @@ def run_options() -> list[Option]:
     """attack_eval's options but --out and --resume, choices and lists read from the registries now."""
     from byzbn.attacks import ATTACKS
     from byzbn.fl.scenario import TARGETS
-    from byzbn.schemes import DEFAULT_GROUPS, SCHEMES
+    from byzbn.schemes import DEFAULT_FIXBN_FREEZE, DEFAULT_GROUPS, SCHEMES
 
     return [
         Option("--schemes", FEDERATION, dict(
@@ -57,7 +57,7 @@ def run_options() -> list[Option]:
         Option("--byzantine", FEDERATION, dict(
             type=int, default=2, help="f: Byzantine clients (f < n/2); the n - f honest clients hold the training data")),
         Option("--fixbn-freeze", FEDERATION, dict(
-            type=float, default=0.5, help="fixbn's T* as a fraction of --steps (of the rounds under fedavg): naive "
+            type=float, default=DEFAULT_FIXBN_FREEZE, help="fixbn's T* as a fraction of --steps (of the rounds under fedavg): naive "
                                           "BN before, frozen global statistics after")),
         Option("--groups", FEDERATION, dict(
             type=int, default=DEFAULT_GROUPS,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import shlex
 import sys
 import time
@@ -66,6 +67,9 @@ def build_parser() -> OneLineParser:
                      help="breakdown point: the worst case may fall this much accuracy below no-attack")
     out.add_argument("--docs", default=None, metavar="PAGE",
                      help="also write the report as a docs page (its images in PAGE's folder, e.g. docs/sweep/)")
+    out.add_argument("--redraw", action="store_true",
+                     help="redraw the finished sweep in --out (figures, table.md, report.md and --docs) from its "
+                          "results.csv and sweep.json, training nothing (e.g. with another --tolerance)")
     out.add_argument("--quiet", action="store_true", help="no progress bar; print only the outputs' location")
     run = p.add_argument_group("execution")
     run.add_argument("--backend", default="local", choices=list(BACKENDS),
@@ -113,12 +117,30 @@ def _check_out(out: Path) -> None:
               f"--out {out} holds files but no sweep ({engine.RECORD}): choose another directory")
 
 
+def _redraw(args) -> int:
+    """--redraw: the outputs of the finished sweep in --out again, from results.csv and sweep.json."""
+    check(args.config is None and args.preset is None and not args.set and not args.dry_run,
+          "--redraw reads the finished sweep in --out: give no config, --preset, --set or --dry-run")
+    check(args.out is not None, "--redraw needs --out: the directory of a finished sweep")
+    out = Path(args.out)
+    check((out / "results.csv").is_file() and (out / engine.RECORD).is_file(),
+          f"--out {out} holds no finished sweep (results.csv and {engine.RECORD})")
+    record = json.loads((out / engine.RECORD).read_text(encoding="utf-8"))
+    rows = engine.redraw(out, record, args.tolerance)
+    if args.docs:
+        write_docs_page(Path(args.docs), out, rows, record, args.tolerance)
+    print(f"redrew {out}" + (f" and {args.docs}" if args.docs else ""))
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     start = time.perf_counter()
     try:
         args = build_parser().parse_args(argv)
         _check_args(args)
+        if args.redraw:
+            return _redraw(args)
         config, name, where = _config(args)
         plugins = args.plugin + plugins_of(config, where)
         import_plugins(plugins)

@@ -9,7 +9,10 @@ One progress bar covers the whole sweep: runs done / distinct runs, and the ETA 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -56,7 +59,7 @@ def train(plan: SweepPlan, store: Store, execution: Execution, quiet: bool = Fal
 
     outcomes = {key: read for key in plan.runs if (read := store.read(key)) is not None}
     tasks = [Task(run.key, run.identity, run.options, run.scheme, run.scenario,
-                  str(store.prepare(run.key, run.identity)), execution.threads)
+                  str(store.prepare(run.key, run.identity)), execution.threads, tuple(plan.spec.axes["schemes"]))
              for run in plan.runs.values() if run.key not in outcomes]
     bar = tqdm(total=len(plan.runs), initial=len(outcomes), unit="run", desc=plan.spec.name, file=sys.stderr,
                disable=quiet, dynamic_ncols=True, smoothing=0)
@@ -79,6 +82,21 @@ def rows_of(plan: SweepPlan, store: Store, outcomes: dict) -> list[dict]:
     return cell_rows(plan.cells, {key: entry for key, (entry, _) in outcomes.items()}, store.path)
 
 
+def machine() -> dict:
+    """Where a sweep ran: CPU model and cores, torch, Python, and the UTC time it finished."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
+            "python": platform.python_version(), "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+
+
 def record_of(plan: SweepPlan, store: Store, outcomes: dict, execution: Execution, trained: int,
               command: str, wall_s: float) -> dict:
     """sweep.json: the grid, the counts, the times (what report.md states)."""
@@ -86,10 +104,11 @@ def record_of(plan: SweepPlan, store: Store, outcomes: dict, execution: Executio
     return {"name": plan.spec.name, "command": command, "store": str(store.root),
             "axes": {k: [value_text(v) for v in values] for k, values in plan.spec.axes.items()},
             "fixed": {k: value_text(v) for k, v in plan.spec.fixed.items()},
+            "unattacked": dict(plan.unattacked),
             "counts": {"cells": len(plan.cells), "runs": len(plan.runs), "trained": trained,
                        "read_back": len(plan.runs) - trained},
             "backend": execution.backend, "jobs": execution.jobs, "threads": execution.threads,
-            "wall_s": round(wall_s, 3), "train_s": round(sum(walls.values()), 3),
+            "wall_s": round(wall_s, 3), "train_s": round(sum(walls.values()), 3), "machine": machine(),
             "naive_grid_train_s": round(sum(walls.get(cell.key, 0.0) for cell in plan.cells), 3)}
 
 
@@ -98,11 +117,18 @@ def write_outputs(out: Path, plan: SweepPlan, store: Store, outcomes: dict, reco
     """results.csv, then (read back from it) heatmap.png, breakdown.png, table.md, report.md; and sweep.json."""
     out = Path(out)
     write_results(out / "results.csv", rows_of(plan, store, outcomes))
-    rows = read_results(out / "results.csv")
-    images = write_plots(out, rows)
-    write_reports(out, rows, record, tolerance, images)
+    rows = redraw(out, record, tolerance)
     atomic_write_text(out / RECORD, json.dumps(record, indent=2) + "\n")
     return rows
 
 
-__all__ = ["RECORD", "Execution", "prepare", "train", "rows_of", "record_of", "write_outputs"]
+def redraw(out: Path, record: dict, tolerance: float = 0.1) -> list[dict]:
+    """heatmap.png, breakdown.png, table.md and report.md of `out` from its results.csv and `record`."""
+    rows = read_results(Path(out) / "results.csv")
+    images = write_plots(Path(out), rows)
+    write_reports(Path(out), rows, record, tolerance, images)
+    return rows
+
+
+__all__ = ["RECORD", "Execution", "prepare", "train", "rows_of", "machine", "record_of", "write_outputs",
+           "redraw"]

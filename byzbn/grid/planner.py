@@ -56,6 +56,7 @@ class SweepPlan:
     cells: list[Cell] = field(default_factory=list)
     runs: dict[str, Run] = field(default_factory=dict)  # in the order the cells first need them
     devices: set = field(default_factory=set)
+    unattacked: dict = field(default_factory=dict)  # why a scheme × attack has no attack cells -> its points
 
     def states(self, store: Store) -> dict[str, str]:
         """key -> 'done' | 'started' | 'new'."""
@@ -97,10 +98,12 @@ def plan_sweep(spec: SweepSpec, threads: int, datasets: dict | None = None) -> S
     plan = SweepPlan(spec, threads)
     for assignment, options in spec.points():
         try:
-            checked = validate_run(run_namespace(options), datasets)
+            checked = validate_run(run_namespace(options), datasets, compared=list(spec.axes["schemes"]))
         except ArgumentError as error:
             raise ArgumentError(f"{one_line(error)} (at {describe(assignment)})") from error
         plan.devices.add(checked.config["device"])
+        for reason in checked.unattacked.values():
+            plan.unattacked[reason] = plan.unattacked.get(reason, 0) + 1
         for scheme, scenario in checked.runs:
             identity = identity_of(checked.config, checked.client_indices, scheme, scenario, threads)
             key = run_key(identity)
@@ -131,6 +134,8 @@ def dry_run_text(plan: SweepPlan, store: Store) -> str:
              f"({len(plan.cells) - len(plan.runs)} cells answered by a shared run); "
              f"{count['done']} done, {count['started']} started (resume from a checkpoint), {count['new']} to train",
              f"store: {store.root}"]
+    lines += [f"no attack cells at {count} point{'s' if count != 1 else ''}: {reason}"
+              for reason, count in plan.unattacked.items()]
     for run in plan.runs.values():
         varying = {k: run.options[k] for k in plan.spec.axes if k != "schemes" and reads(run, k)}
         lines.append(f"  {run.key}  {states[run.key]:<7}  {run.scheme:<11}  {run.scenario:<14}  "

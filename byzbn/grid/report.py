@@ -119,7 +119,21 @@ def _grid_lines(record: dict) -> list[str]:
     axes = record["axes"]
     lines = _markdown(["swept option", "values"], [[k, ", ".join(map(str, v))] for k, v in axes.items()])
     fixed = ", ".join(f"{k}={v if v != '' else 'default'}" for k, v in record["fixed"].items() if k != "plugin")
-    return lines + ["", f"Fixed (attack_eval's options; default: attack_eval's own choice): {fixed}."]
+    lines += ["", f"Fixed (attack_eval's options; default: attack_eval's own choice): {fixed}."]
+    unattacked = record.get("unattacked") or {}
+    if unattacked:
+        lines += ["", "Pairs the attack cannot target answer their no-attack cell only (the worst case over attacks "
+                  "then covers the attacks that apply):", ""]
+        lines += [f"- {reason} ({count} point{'s' if count != 1 else ''})" for reason, count in unattacked.items()]
+    return lines
+
+
+def _machine_text(machine: Optional[dict]) -> str:
+    if not machine:
+        return ""
+    device = f"GPU {machine['gpu']}" if machine.get("gpu") else "no GPU"
+    return (f" Machine: {machine['cpu']}, {machine['cores']} cores, {device}, torch {machine['torch']}; "
+            f"finished {machine['finished_utc']} UTC.")
 
 
 def report_text(rows: list[dict], record: dict, tolerance: float, images: list[str], image_dir: str = "",
@@ -135,7 +149,7 @@ def report_text(rows: list[dict], record: dict, tolerance: float, images: list[s
              f"This invocation: {c['trained']} runs trained, {c['read_back']} read back from the store, "
              f"{record['wall_s']:.0f} s wall time, backend {record['backend']}, {record['jobs']} "
              f"job{'s' if record['jobs'] != 1 else ''} × {record['threads']} thread{'s' if record['threads'] != 1 else ''}"
-             ".", "", "## Grid", ""] + _grid_lines(record) + [""]
+             "." + _machine_text(record.get("machine")), "", "## Grid", ""] + _grid_lines(record) + [""]
     found = findings(rows, tolerance, metric)
     if found:
         lines += ["## What the figures show", ""] + [f"- {line}" for line in found] + [""]

@@ -35,6 +35,7 @@ class Task:
     scenario: str
     run_dir: str
     threads: int
+    compared: tuple = ()  # the sweep's scheme axis (byzbn.runs.config.validate_run's `compared`)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ def train(task: Task, setup: Optional[Callable[[], object]] = None) -> Outcome:
     if setup is not None:
         setup()
     with torch_threads(task.threads):
-        plan = validate_run(run_namespace(task.options, out=task.run_dir, resume=True), DATASETS)
+        plan = validate_run(run_namespace(task.options, out=task.run_dir, resume=True), DATASETS,
+                            compared=list(task.compared) or None)
         identity = identity_of(plan.config, plan.client_indices, task.scheme, task.scenario, task.threads)
         if identity != task.identity:
             changed = sorted(k for k in set(identity) | set(task.identity) if identity.get(k) != task.identity.get(k))

@@ -45,6 +45,7 @@ class Plan:
     scenarios: list[str]
     quiet: bool = False
     resume: bool = False
+    unattacked: dict = field(default_factory=dict)  # scheme -> why it has no attack scenarios (sweeps only)
     finished: dict = field(default_factory=dict)
 
 
@@ -163,10 +164,14 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     return plan
 
 
-def validate_run(args: argparse.Namespace, datasets: Optional[dict] = None) -> Plan:
+def validate_run(args: argparse.Namespace, datasets: Optional[dict] = None,
+                 compared: Optional[list[str]] = None) -> Plan:
     """Validate every argument but --out and load the data (cached in `datasets` when given); writes nothing.
 
     The sweep validates every point of its grid this way, and stores the runs itself (byzbn.grid.store).
+    `compared`: the schemes of the whole comparison when they are more than --schemes (a sweep's scheme
+    axis): a scheme the attack cannot target then answers its no-attack cell only, as groupnorm does under
+    --target stats in attack_eval, and Plan.unattacked says why (attack_eval refuses such a pair).
     """
     from byzbn.attacks import make_attack, poisons_data
     from byzbn.data import parse_partition, partition
@@ -203,7 +208,7 @@ def validate_run(args: argparse.Namespace, datasets: Optional[dict] = None) -> P
         with flag_errors(f"--schemes {s}"):
             make_scheme(s, scheme_steps(s, resolved), **scheme_params(s, resolved))
     with flag_errors("--target"):
-        check_statistics_target(schemes, attack is not None, args.target)
+        check_statistics_target(compared or schemes, attack is not None, args.target)
 
     dataset = _load_dataset(args, datasets)
     for s in schemes:  # e.g. --groups must divide every layer's channels at this --width
@@ -214,9 +219,12 @@ def validate_run(args: argparse.Namespace, datasets: Optional[dict] = None) -> P
     # honest clients' first, so every scenario of the run trains the honest clients on the same data.
     holders, who = (n, "clients (the Byzantine ones hold data under this attack)") if poisons_data(attack) \
         else (h, "honest clients")
+    unattacked = {}
     for s in schemes:
         reason = incompatibility(SCHEMES[s], attack, TARGETS[args.target]) if SCHEMES[s].attackable else None
-        check(reason is None, f"--attack {args.attack} --schemes {s}: {reason}")
+        check(reason is None or compared is not None, f"--attack {args.attack} --schemes {s}: {reason}")
+        if reason is not None:
+            unattacked[s] = f"--attack {args.attack} --target {args.target} --schemes {s}: {reason}"
     with flag_errors(f"--heterogeneity {args.heterogeneity} with {holders} {who}"):
         client_indices = torch.stack(partition(dataset.y_train, holders, args.heterogeneity, args.seed))
     check(args.batch_size <= client_indices.shape[1],
@@ -224,7 +232,8 @@ def validate_run(args: argparse.Namespace, datasets: Optional[dict] = None) -> P
           f"{client_indices.shape[1]} samples")
 
     scenarios = list(SCENARIOS) if attack is not None else ["no-attack"]
-    runs = [(s, sc) for s in schemes for sc in scenarios if sc == "no-attack" or runs_attacked(s, args.target)]
+    runs = [(s, sc) for s in schemes for sc in scenarios
+            if sc == "no-attack" or (runs_attacked(s, args.target) and s not in unattacked)]
     config = dict(vars(args))
     config.update(local_steps=local_steps, pre=pre_text(pre), schemes=schemes, attack_params=params,
                   device=str(device), honest=h, samples_per_client=int(client_indices.shape[1]),
@@ -240,7 +249,7 @@ def validate_run(args: argparse.Namespace, datasets: Optional[dict] = None) -> P
         raise ArgumentError(f"--attack-param, --defense-param and --pre-param values must be numbers, strings, "
                             f"booleans or None ({error})") from error
     return Plan(config, out, dataset, client_indices, device, attack, defense, runs, schemes, scenarios,
-                quiet=args.quiet, resume=args.resume)
+                quiet=args.quiet, resume=args.resume, unattacked=unattacked)
 
 
 def _check_out(out: Path, config: dict, resume: bool) -> None:

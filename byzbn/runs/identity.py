@@ -10,11 +10,19 @@ differ only there train the same run, and the sweep (byzbn.grid) trains it once;
 derives from the data (the partition: a data-poisoning attack gives its Byzantine clients shares) is
 part of a run's identity in the sweep, so it never merges runs whose data differ.
 
+Options only some schemes read are set to their defaults in the identity of the others (`scheme_reads`):
+fixbn's T* and groupnorm's groups, and under fedavg E and the momentum reset for the centralized
+reference, which never trains with FedAvg. So a grid over E or the momentum reset trains the centralized
+reference once, and configurations at the defaults keep the keys they always had.
+
 Every config key is classified below; a key added to the run options must be added to one of these sets
 (tests/test_sweep_plan.py checks that none is left out), and a key nobody classified counts as
 computing (a run is never merged with one it differs from).
 """
 from __future__ import annotations
+
+from byzbn.runs.build import uses_fedavg
+from byzbn.schemes import DEFAULT_FIXBN_FREEZE, DEFAULT_GROUPS
 
 # Read by the attack scenarios only.
 ATTACK_KEYS = frozenset({"attack", "attack_params", "target", "attack_fields"})
@@ -40,6 +48,18 @@ def ignored_keys(scenario: str, byzantine: int) -> frozenset:
     return (unread | ATTACKER_KEYS) if byzantine == 0 else unread
 
 
+def scheme_unread(config: dict, scheme: str) -> dict:
+    """The options scheme `scheme` does not read in `config`, at the values that stand for them in its identity."""
+    unread = {}
+    if scheme != "fixbn":
+        unread["fixbn_freeze"] = DEFAULT_FIXBN_FREEZE
+    if scheme != "groupnorm":
+        unread["groups"] = DEFAULT_GROUPS
+    if not uses_fedavg(scheme, config):
+        unread.update(algorithm="dsgd", local_steps=1, reset_client_momentum=False)
+    return {key: value for key, value in unread.items() if key in config}
+
+
 def run_identity(config: dict, scheme: str, scenario: str) -> dict:
     """The configuration that scheme × scenario of `config` computes with (JSON-ready, keys sorted).
 
@@ -48,8 +68,10 @@ def run_identity(config: dict, scheme: str, scenario: str) -> dict:
     """
     skip = ignored_keys(scenario, config["byzantine"]) | NOT_COMPUTED | {"schemes"}
     identity = {key: value for key, value in config.items() if key not in skip}
+    identity.update(scheme_unread(config, scheme))
     identity.update(scheme=scheme, scenario=scenario)
     return dict(sorted(identity.items()))
 
 
-__all__ = ["ATTACK_KEYS", "DEFENSE_KEYS", "ATTACKER_KEYS", "NOT_COMPUTED", "RUN_KEYS", "ignored_keys", "run_identity"]
+__all__ = ["ATTACK_KEYS", "DEFENSE_KEYS", "ATTACKER_KEYS", "NOT_COMPUTED", "RUN_KEYS", "ignored_keys", "scheme_unread",
+           "run_identity"]

@@ -5,6 +5,8 @@ from byzbn.nn import BNPass
 from byzbn.schemes.base import register_scheme
 from byzbn.schemes.naive import Naive
 
+DEFAULT_FIXBN_FREEZE = 0.5  # FixBN's T* = half of training (the paper's exploration stage)
+
 
 @register_scheme("fixbn")
 class FixBN(Naive):
@@ -15,7 +17,7 @@ class FixBN(Naive):
     are rounds: T* is a round, and every local step of a round is in the same phase.
     """
 
-    def __init__(self, steps: int, freeze: float = 0.5):
+    def __init__(self, steps: int, freeze: float = DEFAULT_FIXBN_FREEZE):
         super().__init__(steps)
         if isinstance(freeze, bool) or not isinstance(freeze, (int, float)) or not 0.0 <= freeze <= 1.0:
             raise ValueError(f"freeze must be a fraction of the steps in [0, 1], got {freeze!r}")
@@ -32,4 +34,4 @@ class FixBN(Naive):
         return super().server_round(layers, steps, channel, round) if self.submits_stats(round) else 0
 
 
-__all__ = ["FixBN"]
+__all__ = ["DEFAULT_FIXBN_FREEZE", "FixBN"]

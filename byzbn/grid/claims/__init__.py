@@ -1,0 +1,23 @@
+"""The seed papers' claims, checked on their sweep presets: `python -m byzbn.claims PRESET OUT`.
+
+One module per preset computes its Section (byzbn.grid.claims.common) from the sweep's results.csv and
+sweep.json; byzbn.grid.claims.page renders it as markdown and writes it between the preset's markers
+in a docs page (docs/RESULTS.md), so the tables there are regenerated, never typed.
+"""
+from __future__ import annotations
+
+from byzbn.grid.claims import fedtan, fixbn, hbn, under_attack
+from byzbn.grid.claims.common import Claim, Section
+
+SECTIONS = {"fixbn": fixbn.section, "fedtan": fedtan.section, "hbn": hbn.section,
+            "schemes-under-attack": under_attack.section}
+
+
+def section_of(preset: str, rows: list[dict], record: dict) -> Section:
+    """The claim section of `preset` computed from its sweep; ValueError for a preset without one."""
+    if preset not in SECTIONS:
+        raise ValueError(f"no claim section for preset {preset!r}: valid {sorted(SECTIONS)}")
+    return SECTIONS[preset](rows, record)
+
+
+__all__ = ["SECTIONS", "Claim", "Section", "section_of"]

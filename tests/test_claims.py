@@ -1,0 +1,151 @@
+"""python -m byzbn.claims: the seed papers' claims computed from a sweep's rows, never typed by hand.
+
+The verdict rules (byzbn.grid.claims.*) are checked on rows built here, where the answer is known; the
+docs block is regenerated from a stored tiny sweep of the fixbn preset (tests/data/claims_fixbn: its
+results.csv and sweep.json as the sweep wrote them) and compared with the block it produced then.
+"""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from byzbn import claims
+from byzbn.grid.claims import fedtan, fixbn, hbn, section_of, under_attack
+from byzbn.grid.claims.common import verdict
+from byzbn.grid.claims.page import begin_marker, end_marker, write_block
+
+STORED = Path(__file__).resolve().parent / "data" / "claims_fixbn"
+
+
+def row(scheme, acc, seed=0, scenario="no-attack", **columns):
+    base = {"scheme": scheme, "scenario": scenario, "seed": seed, "final_acc": acc, "best_acc": acc,
+            "clients": 10, "byzantine": 0, "attack": "none", "target": "stats", "pre": "none", "defense": "mean",
+            "heterogeneity": "iid", "comm_rounds": 10}
+    return {**base, **columns}
+
+
+@pytest.mark.parametrize("holds,expected", [([True, True], "yes"), ([True, True, False], "partly"),
+                                            ([True, False], "no"), ([], "no data")])
+def test_a_claim_holds_everywhere_in_most_cells_or_not(holds, expected):
+    assert verdict(holds) == expected
+
+
+def fixbn_rows(bn_over_gn=0.05, extreme_e1_gn_gap=0.03, fix_gap=0.01, kept_gain=0.02):
+    rows = []
+    for het in ("iid", "extreme"):
+        for e in ("1", "5"):
+            for reset in ("false", "true"):
+                momentum = 0.0 if reset == "false" else -kept_gain
+                bn = 0.5 + momentum
+                gn = bn + extreme_e1_gn_gap if (het, e) == ("extreme", "1") else bn - bn_over_gn
+                common = dict(heterogeneity=het, local_steps=e, reset_client_momentum=reset)
+                rows += [row("centralized", 0.5 + fix_gap, **common), row("naive", bn, **common),
+                         row("groupnorm", gn, **common), row("fixbn", 0.5 + momentum, **common)]
+    return rows
+
+
+def test_the_fixbn_claims_follow_their_rules():
+    claims_ = fixbn.section(fixbn_rows(), {}).claims
+    assert [c.verdict for c in claims_] == ["yes", "yes", "yes"]
+    assert "GN − BN at extreme, E = 1: +3.0" in claims_[0].byzbn
+    # GN also ahead in another cell, FixBN 5 points short of centralized, reset momentum better
+    broken = fixbn.section(fixbn_rows(bn_over_gn=-0.01, fix_gap=0.05, kept_gain=-0.01), {}).claims
+    assert [c.verdict for c in broken] == ["no", "no", "no"]
+    mixed = [r for r in fixbn_rows() if not (r["scheme"] == "groupnorm" and r["heterogeneity"] == "iid"
+                                             and r["local_steps"] == "1")]  # BN above GN in 2 of 3 other cells
+    mixed += [row("groupnorm", 0.6, heterogeneity="iid", local_steps="1", reset_client_momentum=m)
+              for m in ("false", "true")]
+    assert fixbn.section(mixed, {}).claims[0].verdict == "partly"
+
+
+def test_fedtan_wins_on_non_iid_cells_and_its_rounds_are_counted():
+    rows = []
+    for het, gain in (("iid", -0.1), ("dirichlet:0.1", 0.02), ("extreme", 0.04)):
+        for seed in (0, 1):
+            common = dict(heterogeneity=het, local_steps="5", seed=seed, clients=5)
+            rows += [row("centralized", 0.6, **common), row("naive", 0.4, comm_rounds=20, **common),
+                     row("fbn", 0.45, comm_rounds=20, **common),
+                     row("fedtan", 0.4 + gain, comm_rounds=260, **common)]
+    found = fedtan.section(rows, {}).claims
+    assert [c.verdict for c in found] == ["yes", "yes", "–"]  # iid (FedTAN below) is not a non-IID cell
+    assert "13×" in found[1].byzbn and "+2.0, +4.0" in found[0].byzbn
+
+
+def test_hbn_helps_most_in_the_small_batch_heterogeneous_corner():
+    def rows_with(corner_gain):
+        rows = []
+        for het in ("iid", "extreme"):
+            for batch in ("4", "16"):
+                gain = corner_gain if (het, batch) == ("extreme", "4") else 0.01
+                common = dict(heterogeneity=het, batch_size=batch)
+                rows += [row("naive", 0.4, **common), row("hbn", 0.4 + gain, **common), row("fbn", 0.42, **common),
+                         row("groupnorm", 0.3, **common)]
+        return rows
+
+    assert [c.verdict for c in hbn.section(rows_with(0.05), {}).claims][:2] == ["yes", "yes"]
+    assert [c.verdict for c in hbn.section(rows_with(-0.02), {}).claims][:2] == ["partly", "no"]
+
+
+def test_the_most_robust_pair_is_ranked_by_its_mean_worst_case_over_f():
+    rows = [row("centralized", 0.6, heterogeneity="gamma:0.0")]
+    accuracy = {("naive", "median", 2): 0.30, ("naive", "median", 4): 0.20,
+                ("fbn", "median", 2): 0.45, ("fbn", "median", 4): 0.35,
+                ("fbn", "trimmed-mean", 2): 0.44, ("fbn", "trimmed-mean", 4): 0.38}
+    for (scheme, defense, f), acc in accuracy.items():
+        for attack, target, drop in (("alie", "stats", 0.0), ("bn-adaptive", "both", 0.05)):
+            rows.append(row(scheme, acc - drop + 0.05, scenario="attack+defense", byzantine=f, attack=attack,
+                            target=target, pre="nnm", defense=defense, heterogeneity="gamma:0.0"))
+    ranked = under_attack.ranking(under_attack.worst_cases(rows), "gamma:0.0")
+    assert [(s, d) for _, _, s, d in ranked] == [("fbn", "nnm∘trimmed-mean"), ("fbn", "nnm∘median"),
+                                                  ("naive", "nnm∘median")]
+    assert ranked[0][0] == pytest.approx(0.41) and ranked[0][1] == pytest.approx(0.38)
+    text = under_attack.section(rows, {}).findings[0]
+    assert "**fbn with nnm∘trimmed-mean**" in text and "1.0 points above the next pair" in text
+    assert "centralized without attack: 60.0 %" in text
+
+
+def test_the_docs_block_is_regenerated_from_the_stored_sweep(tmp_path):
+    out = tmp_path / "sweep"
+    shutil.copytree(STORED, out)
+    page = tmp_path / "docs" / "RESULTS.md"
+    page.parent.mkdir()
+    page.write_text("# Results\n\nWritten by hand.\n")
+    assert claims.main(["fixbn", str(out), "--page", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("# Results\n\nWritten by hand.\n")
+    block = text[text.index(begin_marker("fixbn")):text.index(end_marker("fixbn")) + len(end_marker("fixbn"))]
+    assert block + "\n" == (STORED / "expected.md").read_text()
+    assert (page.parent / "results" / "fixbn.png").read_bytes().startswith(b"\x89PNG")
+    # a second regeneration replaces the block, it does not add one
+    assert claims.main(["fixbn", str(out), "--page", str(page)]) == 0
+    assert page.read_text() == text
+
+
+def test_a_table_cell_is_the_seed_mean_of_its_results_csv_rows():
+    with open(STORED / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    gn = [float(r["final_acc"]) for r in rows if r["scheme"] == "groupnorm" and r["heterogeneity"] == "extreme"
+          and r["local_steps"] == "4" and r["reset_client_momentum"] == "true"]
+    expected = (STORED / "expected.md").read_text()
+    line = next(l for l in expected.splitlines() if l.startswith("| extreme | 4 |"))
+    assert line.split(" | ")[6] == f"{100 * gn[0]:.1f}"
+
+
+def test_a_wrong_sweep_or_preset_exits_2(tmp_path, capsys):
+    assert claims.main(["fixbn", str(tmp_path)]) == 2
+    assert "holds no finished sweep" in capsys.readouterr().err
+    shutil.copytree(STORED, tmp_path / "s")
+    assert claims.main(["hbn", str(tmp_path / "s")]) == 2
+    assert "not of preset 'hbn'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no claim section"):
+        section_of("fig3", [], {})
+
+
+def test_write_block_appends_once_then_replaces(tmp_path):
+    page = tmp_path / "page.md"
+    write_block(page, "hbn", "first")
+    write_block(page, "hbn", "second")
+    assert page.read_text().count(begin_marker("hbn")) == 1 and "second" in page.read_text()
