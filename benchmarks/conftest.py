@@ -1,8 +1,13 @@
 """Fixtures shared by the CPU benchmarks of the aggregation rules (test_bench_rules*.py)."""
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+
+# The tests' helpers (tests/byzfl_aggregators.py: ByzFL's rules loaded without its package __init__).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 THREADS = 2  # ByzFL's timings in the catalogue issue were taken with 2 threads
 

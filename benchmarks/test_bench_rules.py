@@ -17,16 +17,13 @@ as a fraction of the measured copy bandwidth (the roofline), and the speedup. Ne
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-import types
 from typing import NamedTuple, Optional
 
 import pytest
 import torch
 
 from byzbn.defenses import make_defense
+from byzfl_aggregators import load_byzfl_aggregators  # tests/: ByzFL's rules without its package __init__
 
 CUDA = torch.cuda.is_available()
 _MEDIANS: dict[str, dict[str, float]] = {}   # case id → provider → median seconds
@@ -62,28 +59,6 @@ CASES = [
 ]
 
 
-def byzfl_aggregators():
-    """byzfl.aggregators without `import byzfl` (whose __init__ pulls seaborn and torchvision), or None.
-
-    The bare package it needs is taken out of sys.modules again afterwards.
-    """
-    spec = importlib.util.find_spec("byzfl")
-    if spec is None:
-        return None
-    saved = {k: v for k, v in sys.modules.items() if k == "byzfl" or k.startswith("byzfl.")}
-    for name in saved:
-        del sys.modules[name]
-    bare = types.ModuleType("byzfl")
-    bare.__path__ = list(spec.submodule_search_locations)
-    sys.modules["byzfl"] = bare
-    try:
-        return importlib.import_module("byzfl.aggregators")
-    finally:
-        for name in [k for k in sys.modules if k == "byzfl" or k.startswith("byzfl.")]:
-            del sys.modules[name]
-        sys.modules.update(saved)
-
-
 _DATA: dict[tuple, torch.Tensor] = {}
 
 
@@ -102,7 +77,7 @@ def _callable(provider: str, case: Case, x: torch.Tensor):
     if provider == "byzfl":
         if case.byzfl is None:
             pytest.skip(f"ByzFL is not run on {case.id} (enumerating C(n, f) subsets takes minutes)")
-        module = byzfl_aggregators()
+        module = load_byzfl_aggregators()
         if module is None:
             pytest.skip("ByzFL is not installed")
         name, args = case.byzfl

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from byzbn.grid.worst import METRICS, NO_ATTACK, axes_of, panel_text, reference, worst_case
+from byzbn.runs.results import atomic_write_bytes
 
 MARKERS = "osD^vP*Xh<>"  # one per defense: coinciding curves stay visible
-from byzbn.runs.results import atomic_write_bytes
 
 
 def _pyplot():
