@@ -103,7 +103,7 @@ def test_the_most_robust_pair_is_ranked_by_its_mean_worst_case_over_f():
                                                   ("naive", "nnm∘median")]
     assert ranked[0][0] == pytest.approx(0.41) and ranked[0][1] == pytest.approx(0.38)
     text = under_attack.section(rows, {}).findings[0]
-    assert "**fbn with nnm∘trimmed-mean**" in text and "1.0 points above the next pair" in text
+    assert "**fbn with nnm∘trimmed-mean**" in text and "gamma:0.0, attacks on either channel" in text and "1.0 points above the next pair" in text
     assert "centralized without attack: 60.0 %" in text
 
 
@@ -149,3 +149,19 @@ def test_write_block_appends_once_then_replaces(tmp_path):
     write_block(page, "hbn", "first")
     write_block(page, "hbn", "second")
     assert page.read_text().count(begin_marker("hbn")) == 1 and "second" in page.read_text()
+
+
+def test_a_pair_attacked_by_fewer_attacks_is_shown_but_not_ranked():
+    rows = []
+    for scheme, attacks in (("fbn", ("alie", "bn-adaptive")), ("fedtan", ("alie",))):
+        for attack in attacks:
+            acc = 0.5 if scheme == "fedtan" else (0.3 if attack == "alie" else 0.2)
+            rows.append(row(scheme, acc, scenario="attack+defense", byzantine=2, attack=attack, pre="nnm",
+                            defense="median", heterogeneity="gamma:0.0"))
+    worst = under_attack.worst_cases(rows)
+    assert [s for _, _, s, _ in under_attack.ranking(worst, "gamma:0.0")] == ["fbn"]
+    assert [s for _, _, s, _ in under_attack.ranking(worst, "gamma:0.0", full_only=False)] == ["fedtan", "fbn"]
+    section = under_attack.section(rows, {})
+    assert "**fbn with nnm∘median**" in section.findings[0]
+    assert "Not ranked" in section.findings[0] and "fedtan with nnm∘median (50.0 %)" in section.findings[0]
+    assert "| fedtan (1 of 2 attacks) |" in section.tables[0]
