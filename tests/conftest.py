@@ -37,3 +37,10 @@ def write_tiny_npz(path: Path, train: int = 400, test: int = 100, seed: int = 0)
 @pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory) -> Path:
     return write_tiny_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
+
+
+@pytest.fixture
+def make_tiny_npz():
+    """write_tiny_npz itself, for a size of one's own (a test module cannot import `conftest`: the
+    benchmarks' conftest.py shares the name when both folders are collected)."""
+    return write_tiny_npz

@@ -119,11 +119,9 @@ def test_every_run_configuration_key_is_classified(tiny_npz):
                                              # groupnorm under statistics attacks and fedtan under bn-adaptive
                                              # answer no-attack only (byzbn.runs.config.validate_run: compared)
                                              ("schemes-under-attack", 816, 348)])
-def test_the_presets_expand_to_their_grids(tmp_path, name, cells, runs):
+def test_the_presets_expand_to_their_grids(tmp_path, make_tiny_npz, name, cells, runs):
     from byzbn.cli.sweep_config import parse_toml
-    from conftest import write_tiny_npz
-
-    npz = write_tiny_npz(tmp_path / "tiny.npz", train=800)  # hbn's batch of 64 needs 64 samples per client
+    npz = make_tiny_npz(tmp_path / "tiny.npz", train=800)  # hbn's batch of 64 needs 64 samples per client
     config = apply_sets(parse_toml(preset_text(name), name), [f"dataset='npz:{npz}'", "width=0.0625"])
     plan = plan_sweep(spec_of(config, name), threads=1)
     assert (len(plan.cells), len(plan.runs)) == (cells, runs)

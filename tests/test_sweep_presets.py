@@ -12,7 +12,6 @@ import pytest
 
 from byzbn import claims, sweep
 from byzbn.grid.claims.page import begin_marker
-from conftest import write_tiny_npz
 
 SMALL = ["width=0.0625", "eval_every=2", "batch_size=4"]
 PRESETS = {  # preset: (its --set shrinking, cells of the shrunk grid, claims in its table)
@@ -24,9 +23,9 @@ PRESETS = {  # preset: (its --set shrinking, cells of the shrunk grid, claims in
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_a_preset_sweeps_and_its_claims_are_written(tmp_path, preset):
+def test_a_preset_sweeps_and_its_claims_are_written(tmp_path, make_tiny_npz, preset):
     sets, cells, claim_rows = PRESETS[preset]
-    npz = write_tiny_npz(tmp_path / "tiny.npz", train=400)
+    npz = make_tiny_npz(tmp_path / "tiny.npz", train=400)
     argv = ["--preset", preset, "--out", str(tmp_path / "out"), "--jobs", "1", "--quiet",
             "--set", f"dataset='npz:{npz}'"]
     for item in SMALL + sets:
