@@ -32,9 +32,14 @@ def check_real(name: str, value, low: float, low_inclusive: bool) -> float:
     return float(value)
 
 
-def check_some_honest_row(rule: str, f: int, n: int) -> None:
-    if f >= n:
-        raise ValueError(f"f={f} is out of range for {rule} with n={n}: valid 0 <= f <= {n - 1} (f < n)")
+class _NeedsAnHonestRow(Aggregator):
+    """A rule that only needs one honest row among its n (f < n), not an honest majority."""
+
+    def check_n(self, n: int) -> None:
+        super().check_n(n)
+        if self.f >= n:
+            raise ValueError(f"f={self.f} is out of range for {self.name} with n={n}: valid 0 <= f <= {n - 1} "
+                             "(f < n)")
 
 
 def _finite_rows(sq: torch.Tensor) -> Optional[torch.Tensor]:
@@ -108,7 +113,7 @@ def check_center(center, d: Optional[int] = None) -> None:
 
 
 @register_aggregator("geomed")
-class GeometricMedian(Aggregator):
+class GeometricMedian(_NeedsAnHonestRow):
     """Geometric median by T steps of smoothed Weiszfeld from 0 (ByzFL's GeometricMedian; nu: smoothing ν > 0).
 
     f is not used by the rule (its breakdown point is 1/2); it needs f < n. Rows holding a NaN/±Inf get
@@ -120,10 +125,6 @@ class GeometricMedian(Aggregator):
         self.nu = check_real("nu", nu, 0.0, low_inclusive=False)
         self.T = check_int("T", T, 0)
 
-    def check_n(self, n: int) -> None:
-        super().check_n(n)
-        check_some_honest_row(self.name, self.f, n)
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         check_matrix("x", x)
         self.check_n(x.shape[0])
@@ -131,7 +132,7 @@ class GeometricMedian(Aggregator):
 
 
 @register_aggregator("centered-clipping")
-class CenteredClipping(Aggregator):
+class CenteredClipping(_NeedsAnHonestRow):
     """Centered clipping: L steps v ← v + mean_i clip_τ(x_i − v) from the centre (ByzFL's CenteredClipping).
 
     Stateful: the centre is zeros on a stand-alone call (every call, so a call is a pure function); in a
@@ -156,10 +157,6 @@ class CenteredClipping(Aggregator):
         rule = copy.copy(self)
         rule.center = center
         return rule
-
-    def check_n(self, n: int) -> None:
-        super().check_n(n)
-        check_some_honest_row(self.name, self.f, n)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         check_matrix("x", x)

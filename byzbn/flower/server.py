@@ -86,12 +86,9 @@ def run_experiment(grid: Grid, experiment: Experiment) -> list[dict]:
         results.write_metrics(plan.out / "metrics.jsonl", metrics)
         results.write_summary(plan.out, summary, plan.schemes, plan.scenarios)
         if not plan.quiet:
-            mark = "" if entry["status"] == "ok" else f"  [{entry['status']}]"
-            print(f"{scheme:>12} / {scenario:<15} final {100 * entry['final_acc']:5.1f}%  "
-                  f"best {100 * entry['best_acc']:5.1f}%  ({entry['wall_s']:.1f} s){mark}", flush=True)
-    title = (f"Flower: {c['dataset']}, {c['heterogeneity']}, n={c['clients']}, f={c['byzantine']}, attack={c['attack']} "
-             f"on {c['target']}, defense={results.defense_label(c['pre'], c['defense'])}")
-    results.plot_curves(plan.out / "curves.png", metrics, plan.schemes, plan.scenarios, title=title)
+            print(results.entry_line(scheme, scenario, entry), flush=True)
+    results.plot_curves(plan.out / "curves.png", metrics, plan.schemes, plan.scenarios,
+                        title=f"Flower: {results.curves_title(c)}")
     experiment.summary = summary
     return summary
 

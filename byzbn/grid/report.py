@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
+from byzbn.grid.table import markdown_lines
 from byzbn.grid.worst import METRICS, NO_ATTACK, axes_of, breakdown_points, panel_text, reference, worst_case
 from byzbn.runs.results import atomic_write_text
 
@@ -18,11 +19,6 @@ def _pct(value) -> str:
     if value is None:
         return "–"
     return f"{100 * value.mean:.1f}" + (f" ± {100 * value.std:.1f}" if value.std is not None else "")
-
-
-def _markdown(head: list[str], body: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"] + \
-           ["| " + " | ".join(row) + " |" for row in body]
 
 
 def _clients(rows: list[dict], f: int) -> int:
@@ -63,7 +59,7 @@ def worst_case_tables(rows: list[dict], metric: str = "final_acc") -> str:
             if not body:
                 continue
             lines += [f"### heterogeneity {het}" + (f", {panel_text(panel)}" if panel else ""), ""]
-            lines += _markdown(["f (f/n)"] + [f"{s}: {d}" for s, d in columns], body) + [""]
+            lines += markdown_lines(["f (f/n)"] + [f"{s}: {d}" for s, d in columns], body) + [""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -82,7 +78,7 @@ def breakdown_table(rows: list[dict], tolerance: float, metric: str = "final_acc
     intro = (f"Breakdown point: the largest f/n up to which the worst case over attacks stays within "
              f"{100 * tolerance:g} points of the no-attack accuracy at every f of the grid (– : not even at the "
              f"smallest f). Columns: heterogeneity.")
-    return "\n".join([intro, ""] + _markdown(head, body)) + "\n"
+    return "\n".join([intro, ""] + markdown_lines(head, body)) + "\n"
 
 
 def findings(rows: list[dict], tolerance: float, metric: str = "final_acc") -> list[str]:
@@ -117,7 +113,7 @@ def findings(rows: list[dict], tolerance: float, metric: str = "final_acc") -> l
 
 def _grid_lines(record: dict) -> list[str]:
     axes = record["axes"]
-    lines = _markdown(["swept option", "values"], [[k, ", ".join(map(str, v))] for k, v in axes.items()])
+    lines = markdown_lines(["swept option", "values"], [[k, ", ".join(map(str, v))] for k, v in axes.items()])
     fixed = ", ".join(f"{k}={v if v != '' else 'default'}" for k, v in record["fixed"].items() if k != "plugin")
     lines += ["", f"Fixed (attack_eval's options; default: attack_eval's own choice): {fixed}."]
     unattacked = record.get("unattacked") or {}

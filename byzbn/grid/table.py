@@ -33,6 +33,12 @@ def cell_rows(cells, outcomes: dict, store_path) -> list[dict]:
     return rows
 
 
+def markdown_lines(head: list[str], body: list[list[str]]) -> list[str]:
+    """A markdown table's lines: the header, the rule, one line per row."""
+    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"] + \
+           ["| " + " | ".join(row) + " |" for row in body]
+
+
 def write_results(path: Path, rows: list[dict]) -> None:
     """results.csv, atomically; the columns are the first row's (every row has the same)."""
     text = io.StringIO()
@@ -59,4 +65,4 @@ def read_results(path: Path) -> list[dict]:
         return [{k: _parse(k, v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
-__all__ = ["RESULT_COLUMNS", "RUN_COLUMNS", "cell_rows", "write_results", "read_results"]
+__all__ = ["RESULT_COLUMNS", "RUN_COLUMNS", "cell_rows", "markdown_lines", "write_results", "read_results"]

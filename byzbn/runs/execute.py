@@ -95,13 +95,9 @@ def run_plan(plan: Plan) -> list[dict]:
         results.write_metrics(plan.out / "metrics.jsonl", records)
         results.write_summary(plan.out, summary, plan.schemes, plan.scenarios)
         if not plan.quiet:
-            mark = "" if entry["status"] == "ok" else f"  [{entry['status']}]"
-            print(f"{scheme_name:>12} / {scenario_name:<15} final {100 * entry['final_acc']:5.1f}%  "
-                  f"best {100 * entry['best_acc']:5.1f}%  ({entry['wall_s']:.1f} s){mark}", flush=True)
-    c = plan.config
-    title = (f"{c['dataset']}, {c['heterogeneity']}, n={c['clients']}, f={c['byzantine']}, attack={c['attack']} "
-             f"on {c['target']}, defense={results.defense_label(c['pre'], c['defense'])}")
-    results.plot_curves(plan.out / "curves.png", records, plan.schemes, plan.scenarios, title=title)
+            print(results.entry_line(scheme_name, scenario_name, entry), flush=True)
+    results.plot_curves(plan.out / "curves.png", records, plan.schemes, plan.scenarios,
+                        title=results.curves_title(plan.config))
     return summary
 
 

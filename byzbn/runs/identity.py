@@ -10,7 +10,7 @@ differ only there train the same run, and the sweep (byzbn.grid) trains it once;
 derives from the data (the partition: a data-poisoning attack gives its Byzantine clients shares) is
 part of a run's identity in the sweep, so it never merges runs whose data differ.
 
-Options only some schemes read are set to their defaults in the identity of the others (`scheme_reads`):
+Options only some schemes read are set to their defaults in the identity of the others (`scheme_unread`):
 fixbn's T* and groupnorm's groups, and under fedavg E and the momentum reset for the centralized
 reference, which never trains with FedAvg. So a grid over E or the momentum reset trains the centralized
 reference once, and configurations at the defaults keep the keys they always had.
@@ -21,8 +21,8 @@ computing (a run is never merged with one it differs from).
 """
 from __future__ import annotations
 
-from byzbn.runs.build import uses_fedavg
-from byzbn.schemes import DEFAULT_FIXBN_FREEZE, DEFAULT_GROUPS
+from byzbn.runs.build import ADDED_DEFAULTS, uses_fedavg
+from byzbn.schemes import DEFAULT_FIXBN_FREEZE
 
 # Read by the attack scenarios only.
 ATTACK_KEYS = frozenset({"attack", "attack_params", "target", "attack_fields"})
@@ -50,14 +50,15 @@ def ignored_keys(scenario: str, byzantine: int) -> frozenset:
 
 def scheme_unread(config: dict, scheme: str) -> dict:
     """The options scheme `scheme` does not read in `config`, at the values that stand for them in its identity."""
-    unread = {}
+    unread = []
     if scheme != "fixbn":
-        unread["fixbn_freeze"] = DEFAULT_FIXBN_FREEZE
+        unread.append("fixbn_freeze")
     if scheme != "groupnorm":
-        unread["groups"] = DEFAULT_GROUPS
-    if not uses_fedavg(scheme, config):
-        unread.update(algorithm="dsgd", local_steps=1, reset_client_momentum=False)
-    return {key: value for key, value in unread.items() if key in config}
+        unread.append("groups")
+    if not uses_fedavg(scheme, config):  # DSGD's values: what a config without these options ran with
+        unread += ["algorithm", "local_steps", "reset_client_momentum"]
+    defaults = {**ADDED_DEFAULTS, "fixbn_freeze": DEFAULT_FIXBN_FREEZE}
+    return {key: defaults[key] for key in unread if key in config}
 
 
 def run_identity(config: dict, scheme: str, scenario: str) -> dict:

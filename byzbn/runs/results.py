@@ -75,6 +75,20 @@ def defense_label(pre: str, rule: str) -> str:
     return "∘".join([name for name in pre.split(",") if name and name != "none"] + [rule])
 
 
+def entry_line(scheme: str, scenario: str, entry: dict) -> str:
+    """The line a command prints when a scheme × scenario run ends: final, best, wall time, status."""
+    mark = "" if entry["status"] == "ok" else f"  [{entry['status']}]"
+    return (f"{scheme:>12} / {scenario:<15} final {100 * entry['final_acc']:5.1f}%  "
+            f"best {100 * entry['best_acc']:5.1f}%  ({entry['wall_s']:.1f} s){mark}")
+
+
+def curves_title(config: dict) -> str:
+    """curves.png's title: the data, the partition, n, f, the attack and its channel, the defense."""
+    c = config
+    return (f"{c['dataset']}, {c['heterogeneity']}, n={c['clients']}, f={c['byzantine']}, attack={c['attack']} "
+            f"on {c['target']}, defense={defense_label(c['pre'], c['defense'])}")
+
+
 def write_metrics(path: Path, records: Iterable[dict]) -> None:
     """metrics.jsonl: one JSON object per evaluation point, in run order then step order."""
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
@@ -159,5 +173,5 @@ def plot_curves(path: Path, records: list[dict], schemes: list[str], scenarios: 
 
 
 __all__ = ["SUMMARY_FIELDS", "atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint",
-           "finite_or_none", "run_key", "defense_label", "write_metrics", "write_summary", "format_table",
-           "plot_curves"]
+           "finite_or_none", "run_key", "defense_label", "entry_line", "curves_title", "write_metrics",
+           "write_summary", "format_table", "plot_curves"]

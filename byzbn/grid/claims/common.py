@@ -12,6 +12,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Optional
 
+from byzbn.grid.table import markdown_lines
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -35,8 +37,7 @@ class Section:
 
 
 def markdown(head: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]) + "\n"
+    return "\n".join(markdown_lines(head, body)) + "\n"
 
 
 def pct(value: Optional[float], digits: int = 1) -> str:
@@ -57,6 +58,11 @@ def seed_mean(rows: list[dict], metric: str = "final_acc", **match) -> Optional[
     """The mean over seeds of `metric` over the rows matching `match` (one value per seed), None if none."""
     by_seed = {r["seed"]: r[metric] for r in select(rows, **match)}
     return statistics.fmean(by_seed.values()) if by_seed else None
+
+
+def difference(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    """a − b, or None when either is missing."""
+    return None if a is None or b is None else a - b
 
 
 def seed_text(rows: list[dict], metric: str = "final_acc", **match) -> str:
@@ -87,5 +93,6 @@ def count_text(holds: list[bool]) -> str:
     return f"{sum(holds)} of {len(holds)} cells"
 
 
-__all__ = ["Claim", "Section", "markdown", "pct", "points", "select", "seed_mean", "seed_text", "values_of",
+__all__ = ["Claim", "Section", "markdown", "pct", "points", "select", "seed_mean", "difference",
+           "seed_text", "values_of",
            "verdict", "count_text"]

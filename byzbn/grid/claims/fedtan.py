@@ -12,8 +12,8 @@ rules, fixed before any run:
 """
 from __future__ import annotations
 
-from byzbn.grid.claims.common import (Claim, Section, count_text, markdown, points, seed_mean, seed_text, select,
-                                      values_of, verdict)
+from byzbn.grid.claims.common import (Claim, Section, count_text, difference, markdown, points, seed_mean, seed_text,
+                                      select, values_of, verdict)
 from byzbn.grid.claims.figure import bars
 
 
@@ -30,8 +30,7 @@ def section(rows: list[dict], record: dict) -> Section:
         chosen = select(rows, scheme=scheme, heterogeneity=h, local_steps=e)
         return chosen[0]["comm_rounds"] if chosen else None
 
-    wins = [(acc("fedtan", h, e) - acc("naive", h, e)) for h, e in non_iid
-            if None not in (acc("fedtan", h, e), acc("naive", h, e))]
+    wins = [d for h, e in non_iid if (d := difference(acc("fedtan", h, e), acc("naive", h, e))) is not None]
     claims = [Claim("Layer-wise aggregation (FedTAN) beats FedAvg with BN on non-IID data",
                     "FedTAN above FedAvg with BN on non-IID data, closer to centralized",
                     f"FedTAN above BN in {count_text([w > 0 for w in wins])}; FedTAN − BN "
@@ -43,15 +42,14 @@ def section(rows: list[dict], record: dict) -> Section:
     claims.append(Claim("… at a communication cost", "statistics exchanged layer by layer, more communication",
                         f"FedTAN communicates more in {count_text(costs)} ({ratio_text} BN's rounds)",
                         verdict(costs)))
-    vs_fbn = [acc("fedtan", h, e) - acc("fbn", h, e) for h, e in non_iid
-              if None not in (acc("fedtan", h, e), acc("fbn", h, e))]
+    vs_fbn = [d for h, e in non_iid if (d := difference(acc("fedtan", h, e), acc("fbn", h, e))) is not None]
     claims.append(Claim("(byzbn's question) FedTAN against FBN on non-IID data", "not compared",
                         "FedTAN − FBN " + ", ".join(points(d) for d in vs_fbn) + " points", "–"))
 
     schemes = ["centralized", "naive", "fbn", "fedtan"]
     head = ["heterogeneity", "E"] + schemes + [f"rounds: {s}" for s in schemes[1:]]
     body = [[h, e] + [seed_text(rows, scheme=s, heterogeneity=h, local_steps=e) for s in schemes]
-            + [str(rounds(s, h, e) if rounds(s, h, e) is not None else "–") for s in schemes[1:]] for h, e in cells]
+            + [str(r) if (r := rounds(s, h, e)) is not None else "–" for s in schemes[1:]] for h, e in cells]
     figure = bars(rows, ["heterogeneity", "local_steps"], {}, f"FedAvg, n = {rows[0]['clients'] if rows else '?'}: "
                   "final test accuracy (%), mean ± std over seeds")
     return Section("fedtan", claims, [markdown(head, body)], {"fedtan.png": figure})

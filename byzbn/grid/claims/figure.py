@@ -33,7 +33,7 @@ def bars(rows: list[dict], groups: list[str], match: dict, title: str, metric: s
     values = bar_values(rows, groups, match, metric)
     labels = list(dict.fromkeys(label for entries in values.values() for label, *_ in entries))
     width = 0.8 / max(len(values), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) * max(len(values), 1) * 0.45 + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.4 * len(labels) * max(len(values), 1) + 2), 4.2))
     for i, (scheme, entries) in enumerate(values.items()):
         where = {label: (mean, std) for label, mean, std in entries}
         xs = [j + (i - (len(values) - 1) / 2) * width for j, label in enumerate(labels) if label in where]

@@ -11,8 +11,8 @@ before any run:
 """
 from __future__ import annotations
 
-from byzbn.grid.claims.common import (Claim, Section, count_text, markdown, points, seed_mean, seed_text, values_of,
-                                      verdict)
+from byzbn.grid.claims.common import (Claim, Section, count_text, difference, markdown, points, seed_mean, seed_text,
+                                      values_of, verdict)
 from byzbn.grid.claims.figure import bars
 
 
@@ -24,8 +24,7 @@ def section(rows: list[dict], record: dict) -> Section:
     def acc(scheme, h, b):
         return seed_mean(rows, scheme=scheme, heterogeneity=h, batch_size=b)
 
-    gains = {(h, b): acc("hbn", h, b) - acc("naive", h, b) for h, b in cells
-             if None not in (acc("hbn", h, b), acc("naive", h, b))}
+    gains = {(h, b): d for h, b in cells if (d := difference(acc("hbn", h, b), acc("naive", h, b))) is not None}
     above = [g > 0 for g in gains.values()]
     claims = [Claim("HBN improves on BN in federated learning", "HBN above BN across settings",
                     f"HBN above BN in {count_text(above)}", verdict(above))]
@@ -39,8 +38,7 @@ def section(rows: list[dict], record: dict) -> Section:
         most, text = [], "no such cell"
     claims.append(Claim("… most at small batch sizes and heterogeneous data",
                         "largest gains at small batches on heterogeneous data", text, verdict(most)))
-    vs_fbn = {(h, b): acc("hbn", h, b) - acc("fbn", h, b) for h, b in cells
-              if None not in (acc("hbn", h, b), acc("fbn", h, b))}
+    vs_fbn = {(h, b): d for h, b in cells if (d := difference(acc("hbn", h, b), acc("fbn", h, b))) is not None}
     claims.append(Claim("(byzbn's question) HBN against FBN", "not compared",
                         f"HBN above FBN in {count_text([d > 0 for d in vs_fbn.values()])}; HBN − FBN "
                         f"{min(vs_fbn.values(), default=0) * 100:+.1f} to {max(vs_fbn.values(), default=0) * 100:+.1f}"
