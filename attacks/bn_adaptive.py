@@ -67,7 +67,7 @@ from torch.func import functional_call
 from byzbn.attacks.context import AttackContext
 from byzbn.attacks.optimal import bracketed_line_search, set_search_parameters
 from byzbn.attacks.registry import Attack, register_attack, repeat_row
-from byzbn.nn import BNPass, bn_pass, federated_bn_layers
+from byzbn.nn import BNPass, run_bn_pass, federated_bn_layers
 
 CHANNELS = ("stats", "grads")
 
@@ -100,7 +100,7 @@ def running_statistics_gradient(model: torch.nn.Module, x: torch.Tensor, y: torc
         # keep_normalized makes the global pass normalize with explicit torch ops: F.batch_norm's eval
         # path (what the layer uses otherwise) cannot differentiate with respect to running statistics.
         spec = BNPass(mode="global", keep_normalized=True)
-        with torch.enable_grad(), bn_pass(layers, spec):
+        with torch.enable_grad(), run_bn_pass(layers, spec):
             loss = F.cross_entropy(functional_call(model, inputs, (x,)), y)
             grads = torch.autograd.grad(loss, means + variances, allow_unused=True)
     finally:

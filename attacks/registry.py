@@ -9,22 +9,84 @@ honest's dtype and device.
 Plugins register with `@register_attack(name)`: either a class (`__init__(self, **params)`,
 `__call__(self, honest, context)`; deriving from Attack gives validation, the f = 0 case and the output
 contract for free) or a plain function `fn(honest, context)` (wrapped in an Attack, so it gets the same
-checks; a function takes no parameters — use a class for those).
+checks; a function takes no parameters — use a class for those). What the runner needs to know about an
+attack it reads from the capabilities Attack declares (`needs_defense`, `needs_whole_submission`,
+`poisons_data`), checked at registration: a `poisons_data` attack must define `poison(y, num_classes)`.
+A plain class has the base's defaults (all False) unless it sets them.
 """
 from __future__ import annotations
 
 import abc
-import inspect
 import math
+from typing import ClassVar
 
 import torch
 
 from byzbn._checks import check_matrix
-from byzbn._registry import (accepts_positional, check_parameters, file_class, keyword_parameters, lookup,
-                             required_parameters)
+from byzbn._registry import Registry, accepts_positional, defines
 from byzbn.attacks.context import AttackContext
 
-ATTACKS: dict[str, type] = {}
+
+class Attack(abc.ABC):
+    """Base class: validation, the f = 0 case and the output contract live here; subclasses implement `rows`."""
+
+    name: ClassVar[str] = ""
+    # The context must carry the server's defense (optimal attacks search against it).
+    needs_defense: ClassVar[bool] = False
+    # The attack reads every Byzantine row of the submission at once (it cannot run layer by layer, as
+    # FedTAN's in-forward merge would ask).
+    needs_whole_submission: ClassVar[bool] = False
+    # Data poisoning: the Byzantine clients hold data and train on what poison(y, num_classes) returns;
+    # what they submit is what that training produces (AttackContext.own_rows).
+    poisons_data: ClassVar[bool] = False
+
+    def __call__(self, honest: torch.Tensor, context: AttackContext) -> torch.Tensor:
+        f = check_submission(honest, context)
+        if self.needs_defense:
+            require_defense(f"attack {self.name!r}", context)
+        if f == 0:
+            return honest.new_empty((0, honest.shape[1]))
+        return check_rows(f"attack {self.name!r}", self.rows(honest, context), honest, f)
+
+    @abc.abstractmethod
+    def rows(self, honest: torch.Tensor, context: AttackContext) -> torch.Tensor:
+        """The f Byzantine rows [f, d] for validated inputs with context.f >= 1."""
+
+    def params(self) -> dict:
+        """The validated parameters this attack was built with, by name."""
+        return {k: getattr(self, k) for k in attack_parameters(self.name)}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"make_attack({self.name!r}{', ' if args else ''}{args})"
+
+
+class FunctionAttack(Attack):
+    """An attack registered as a plain function fn(honest, context) -> [f, d]; takes no parameters."""
+
+    fn = None  # set per registered function by _function_attack
+
+    def rows(self, honest, context):
+        return type(self).fn(honest, context)
+
+
+def _function_attack(fn) -> type:
+    # A class per function, so each registered function has its own name, docstring and repr.
+    return type(f"FunctionAttack[{getattr(fn, '__name__', 'fn')}]", (FunctionAttack,),
+                {"fn": staticmethod(fn), "__doc__": fn.__doc__, "__module__": getattr(fn, "__module__", __name__)})
+
+
+def _plain_attack(name: str, obj) -> type:
+    """A class defining __call__(self, honest, context) as it is; a function fn(honest, context) wrapped."""
+    if isinstance(obj, type) and defines(obj, "__call__") and accepts_positional(obj.__call__, 3):
+        return obj
+    if not isinstance(obj, type) and callable(obj) and accepts_positional(obj, 2):
+        return _function_attack(obj)
+    raise ValueError(f"@register_attack({name!r}) must decorate an Attack subclass, a class defining "
+                     f"__call__(self, honest, context) or a function fn(honest, context), got {obj!r}")
+
+
+ATTACKS = Registry("attack", base=Attack, requires={"poisons_data": "poison"}, plain=_plain_attack)
 
 
 def register_attack(name: str):
@@ -32,40 +94,20 @@ def register_attack(name: str):
 
     Returns what it decorates unchanged, so a decorated function stays callable as written.
     """
-
-    def decorate(obj):
-        if isinstance(obj, type) and issubclass(obj, Attack) and inspect.isabstract(obj):
-            raise ValueError(f"@register_attack({name!r}): {obj.__name__} does not implement rows(honest, context)")
-        if isinstance(obj, type) and (issubclass(obj, Attack) or
-                                      (_defines_call(obj) and accepts_positional(obj.__call__, 3))):
-            file_class(ATTACKS, "attack", name, obj)
-        elif not isinstance(obj, type) and callable(obj) and accepts_positional(obj, 2):
-            file_class(ATTACKS, "attack", name, _function_attack(obj))
-        else:
-            raise ValueError(f"@register_attack({name!r}) must decorate an Attack subclass, a class defining "
-                             f"__call__(self, honest, context) or a function fn(honest, context), got {obj!r}")
-        return obj
-
-    return decorate
+    return ATTACKS.register(name)
 
 
-register = register_attack  # the name this decorator had before contexts; kept for existing plugins
-
-
-def _defines_call(cls: type) -> bool:
-    return any("__call__" in vars(k) for k in cls.__mro__ if k is not object)
+register = register_attack  # another name for register_attack
 
 
 def attack_parameters(name: str) -> list[str]:
     """The keyword parameters the attack `name` accepts (what make_attack validates against)."""
-    return keyword_parameters(lookup(ATTACKS, "attack", name))
+    return ATTACKS.parameters(name)
 
 
 def make_attack(name: str, **params):
     """Build the attack registered as `name` with keyword parameters `params` (validated)."""
-    cls = lookup(ATTACKS, "attack", name)
-    check_parameters("attack", name, params, keyword_parameters(cls), required_parameters(cls))
-    return cls(**params)
+    return ATTACKS.make(name, **params)
 
 
 def finite_float(name: str, value) -> float:
@@ -111,48 +153,6 @@ def check_rows(who: str, rows, honest: torch.Tensor, f: int) -> torch.Tensor:
 def repeat_row(row: torch.Tensor, f: int) -> torch.Tensor:
     """f copies of one row [d] as a fresh [f, d] tensor (not an expanded view that aliases row)."""
     return row.unsqueeze(0).repeat(f, 1)
-
-
-class Attack(abc.ABC):
-    """Base class: validation, the f = 0 case and the output contract live here; subclasses implement `rows`."""
-
-    name: str = ""
-    needs_defense: bool = False  # True: the context must carry the server's defense (optimal attacks)
-
-    def __call__(self, honest: torch.Tensor, context: AttackContext) -> torch.Tensor:
-        f = check_submission(honest, context)
-        if self.needs_defense:
-            require_defense(f"attack {self.name!r}", context)
-        if f == 0:
-            return honest.new_empty((0, honest.shape[1]))
-        return check_rows(f"attack {self.name!r}", self.rows(honest, context), honest, f)
-
-    @abc.abstractmethod
-    def rows(self, honest: torch.Tensor, context: AttackContext) -> torch.Tensor:
-        """The f Byzantine rows [f, d] for validated inputs with context.f >= 1."""
-
-    def params(self) -> dict:
-        """The validated parameters this attack was built with, by name."""
-        return {k: getattr(self, k) for k in attack_parameters(self.name)}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
-        return f"make_attack({self.name!r}{', ' if args else ''}{args})"
-
-
-class FunctionAttack(Attack):
-    """An attack registered as a plain function fn(honest, context) -> [f, d]; takes no parameters."""
-
-    fn = None  # set per registered function by _function_attack
-
-    def rows(self, honest, context):
-        return type(self).fn(honest, context)
-
-
-def _function_attack(fn) -> type:
-    # A class per function, so each registered function has its own name, docstring and repr.
-    return type(f"FunctionAttack[{getattr(fn, '__name__', 'fn')}]", (FunctionAttack,),
-                {"fn": staticmethod(fn), "__doc__": fn.__doc__, "__module__": getattr(fn, "__module__", __name__)})
 
 
 __all__ = ["ATTACKS", "Attack", "FunctionAttack", "register_attack", "register", "attack_parameters", "make_attack",

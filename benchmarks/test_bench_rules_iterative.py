@@ -4,8 +4,8 @@ against ByzFL 0.0.11, side by side in one run (`pytest --benchmark benchmarks/te
 Issue 10's target: at n = 32, d = 10^6 float32 on CPU with 2 intra-op threads, byzbn at least 3× faster
 than ByzFL (measured there: GeoMed 688 ms, CenteredClipping 173 ms, Meamed 2,773 ms). Providers run
 ByzFL first, so byzbn's entry records `speedup_vs_byzfl`; the byzfl provider is skipped when ByzFL is
-not installed (or cannot be imported). Defaults on both sides (geomed ν = 0.1, T = 3; centered clipping
-L = 1, τ = 100 from the zero centre; meamed and arc with f = ⌊(n − 1)/4⌋ = 7; bucketing s = 2; clipping c = 2).
+not installed (or cannot be imported). ByzFL's defaults on both sides (geomed ν = 0.1, exactly T = 3 steps:
+byzbn's T=3, tol=0; centered clipping L = 1, τ = 100 from the zero centre; meamed and arc with f = ⌊(n − 1)/4⌋ = 7; bucketing s = 2; clipping c = 2).
 `extra_info`: bytes of one read of x (n·d·4), the passes over x byzbn's algorithm makes, GB/s of those
 passes at the median time, and that as a fraction of the measured copy bandwidth (the roofline).
 ByzFL's Clipping and ARC overwrite their input, so they get a copy made inside the timed call.
@@ -24,10 +24,10 @@ N, D = 32, 10**6
 F = (N - 1) // 4
 _MEDIANS: dict[str, dict[str, float]] = {}   # case → provider → median seconds
 
-# name → (byzbn's make_defense arguments, passes over x, ByzFL's class name and arguments, copies input)
+# name → (byzbn's make_defense arguments [and rule parameters], passes over x, ByzFL's class name and arguments, copies input)
 CASES = {
-    "geomed": (("geomed", 0, None), 4, ("GeometricMedian", ()), False),
-    "centered-clipping": (("centered-clipping", 0, None), 2, ("CenteredClipping", ()), False),
+    "geomed": (("geomed", 0, None, {"T": 3, "tol": 0.0}), 4, ("GeometricMedian", ()), False),
+    "centered-clipping": (("centered-clipping", 0, None, {"tau": 100.0}), 2, ("CenteredClipping", ()), False),
     "meamed": (("meamed", F, None), 1, ("Meamed", (F,)), False),
     "bucketing": (("mean", F, ("bucketing", {"s": 2})), 2, ("Bucketing", (2,)), False),
     "clipping": (("mean", F, "clipping"), 3, ("Clipping", ()), True),
@@ -57,9 +57,9 @@ def submissions():
 
 
 def _callable(provider: str, name: str, x: torch.Tensor):
-    (rule, f, pre), _, (byzfl_class, byzfl_args), copies = CASES[name]
+    (rule, f, pre, *params), _, (byzfl_class, byzfl_args), copies = CASES[name]
     if provider == "byzbn":
-        defense = make_defense(rule, f, pre=pre)
+        defense = make_defense(rule, f, pre=pre, **(params[0] if params else {}))
         stage = defense.pre_aggregators[0] if pre is not None else defense
         return lambda: stage(x)
     agg = getattr(_byzfl(), byzfl_class)(*byzfl_args)

@@ -12,6 +12,10 @@ extra_info (and print them):
 - test_ray_overhead_per_run: the same grid at 3 steps on `digits` (runs of a fraction of a second, so
   that the overhead shows): --backend ray on a local 2-CPU cluster against --jobs 2, and Ray's start
   and stop alone; overhead per run = (ray − local − start/stop) / runs.
+- test_dry_run_counting: `--dry-run`'s counting (byzbn.grid.counting) of grids of 10^5 and 10^6 scenario
+  cells (BYZBN_BENCH_DRY_RUN_CELLS overrides the sizes, comma-separated): wall time, the growth of the
+  process's maximum RSS and (up to 10^5 cells, in a second pass) the peak traced Python memory, with
+  cells, points and distinct runs. Every cell is its own distinct run here (points over seed x lr).
 """
 from __future__ import annotations
 
@@ -122,3 +126,48 @@ def test_ray_overhead_per_run(benchmark, tmp_path):
     times["load_average"] = os.getloadavg()
     benchmark.extra_info.update(times)
     print(json.dumps(times, indent=2))
+
+
+DRY_RUN_CELLS = [int(c) for c in os.environ.get("BYZBN_BENCH_DRY_RUN_CELLS", "100000,1000000").split(",")]
+
+
+def _dry_run_spec(cells: int):
+    """A grid of about `cells` scenario cells: 2 schemes x 3 scenarios per point, points over seeds x lr."""
+    from byzbn.cli.sweep_config import spec_from_config
+
+    points = max(1, cells // 6)
+    seeds = max(1, int(points ** 0.5))
+    lrs = max(1, points // seeds)
+    config = {"dataset": "digits", "steps": 10, "width": 0.0625, "batch_size": 4, "schemes": ["naive", "fbn"],
+              "seed": list(range(seeds)), "lr": [round(0.001 * (i + 1), 6) for i in range(lrs)]}
+    return spec_from_config(config, "dry-run-bench", "benchmark", [])
+
+
+@pytest.mark.parametrize("cells", DRY_RUN_CELLS)
+def test_dry_run_counting(benchmark, cells):
+    import resource
+    import tracemalloc
+
+    from byzbn.grid.counting import count_sweep
+
+    spec = _dry_run_spec(cells)
+    count_sweep(_dry_run_spec(6), threads=1)  # the dataset and the imports, once
+    info = {}
+
+    def measure():
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        start = time.perf_counter()
+        count = count_sweep(spec, threads=1)
+        info["wall_s"] = round(time.perf_counter() - start, 2)
+        info["max_rss_growth_mb"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024, 1)
+        info.update(cells=count.cells, distinct_runs=len(count.runs), points=spec.size())
+        if cells <= 100_000:  # tracemalloc slows the count several times: a second, traced pass
+            tracemalloc.start()
+            count_sweep(spec, threads=1)
+            info["traced_peak_mb"] = round(tracemalloc.get_traced_memory()[1] / 2 ** 20, 1)
+            tracemalloc.stop()
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    info["load_average"] = os.getloadavg()
+    benchmark.extra_info.update(info)
+    print(json.dumps(info, indent=2))

@@ -1,9 +1,9 @@
-"""Tables and plots of python -m byzbn.reproduce: mean ± std over seeds of the figure's runs.
+"""Tables and plots of python -m byzbn.reproduce: mean ± 95 % Student-t interval over seeds of the figure's runs.
 
 Entries are the runs' summary entries and records their metric records (byzbn.runs.execute.run_one, read
 from the sweep's store), both tagged with the gamma, seed and scenario label (byzbn.cli.reproduce).
-Everything is aggregated per (gamma, scheme, label) over the seeds; the std is the sample std
-(ddof = 1), absent with one seed.
+Everything is aggregated per (gamma, scheme, label) over the seeds: the mean with the half-width of its
+95 % Student-t interval (byzbn.grid.intervals), absent with one seed; a diverged run is counted, not averaged.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from byzbn.grid.intervals import mean_interval
 from byzbn.runs import results
 
 FIG4_FIXED_LABELS = ("no attack", "no defense")
@@ -28,32 +29,42 @@ def _mean_std(values: list[float]) -> tuple[float, Optional[float]]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) >= 2 else None)
 
 
+def _half(values: list[float]) -> Optional[float]:
+    """The half-width of the 95 % Student-t interval of the mean of `values` (None with fewer than two)."""
+    interval = mean_interval(values)
+    return None if interval is None else interval.half
+
+
 def aggregate(entries: list[dict]) -> list[dict]:
-    """One row per (gamma, scheme, label): final/best accuracy mean and std over the seeds."""
+    """One row per (gamma, scheme, label): final/best accuracy mean, std and 95 % interval half-width over the
+    seeds whose run finished (a diverged run is counted in `diverged`, not averaged)."""
     groups: dict = {}
     for e in entries:
         groups.setdefault((e["gamma"], e["scheme"], e["label"]), []).append(e)
     rows = []
     for (gamma, scheme, label), group in groups.items():
-        final_mean, final_std = _mean_std([e["final_acc"] for e in group])
-        best_mean, best_std = _mean_std([e["best_acc"] for e in group])
+        finished = [e for e in group if e["status"] == "ok"] or group  # all diverged: their last numbers
+        final, best = [e["final_acc"] for e in finished], [e["best_acc"] for e in finished]
+        final_mean, final_std = _mean_std(final)
+        best_mean, best_std = _mean_std(best)
         rows.append({"gamma": gamma, "scheme": scheme, "label": label, "seeds": sorted(e["seed"] for e in group),
                      "final_mean": final_mean, "final_std": final_std, "best_mean": best_mean, "best_std": best_std,
+                     "final_half": _half(final), "best_half": _half(best),
                      "diverged": sum(e["status"] != "ok" for e in group),
                      "wall_s": round(sum(e["wall_s"] for e in group), 3)})
     return rows
 
 
 def curves(records: list[dict]) -> dict:
-    """{(gamma, scheme, label): (steps, mean accuracy, std or 0)} over the seeds evaluated at each step."""
+    """{(gamma, scheme, label): (steps, mean accuracy, 95 % interval half-width or 0)} over the seeds evaluated
+    at each step."""
     points: dict = {}
     for r in records:
         points.setdefault((r["gamma"], r["scheme"], r["label"]), {}).setdefault(r["step"], []).append(r["test_acc"])
     out = {}
     for key, by_step in points.items():
         steps = sorted(by_step)
-        stats = [_mean_std(by_step[s]) for s in steps]
-        out[key] = (steps, [m for m, _ in stats], [s or 0.0 for _, s in stats])
+        out[key] = (steps, [statistics.fmean(by_step[s]) for s in steps], [_half(by_step[s]) or 0.0 for s in steps])
     return out
 
 
@@ -64,8 +75,8 @@ def _pct(mean: float, std: Optional[float]) -> str:
 def _cell(row: Optional[dict]) -> str:
     if row is None:
         return "–"
-    mark = f" (!{row['diverged']} diverged)" if row["diverged"] else ""
-    return f"{_pct(row['final_mean'], row['final_std'])} / {_pct(row['best_mean'], row['best_std'])}{mark}"
+    mark = f" ({row['diverged']}/{len(row['seeds'])} diverged)" if row["diverged"] else ""
+    return f"{_pct(row['final_mean'], row['final_half'])} / {_pct(row['best_mean'], row['best_half'])}{mark}"
 
 
 def _markdown(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -97,7 +108,8 @@ def format_tables(figure: str, config: dict, rows: list[dict]) -> str:
     seeds = config["seeds"]
     who = (f"n = {config['clients']}, f = 0" if figure == "fig3" else
            f"n = {config['clients']}, f = {config['byzantine']}, {_attacked(config)}")
-    lines = [f"Test accuracy (%) of the final / best evaluation, {'mean ± std over ' if seeds > 1 else ''}"
+    lines = [f"Test accuracy (%) of the final / best evaluation, "
+             f"{'mean ± the 95 % Student-t interval over ' if seeds > 1 else ''}"
              f"{seeds} seed{'s' if seeds > 1 else ''}: {config['dataset']}, {who}, {config['steps']} steps, "
              f"width {config['width']:g}, batch {config['batch_size']} per client.", ""]
     if figure == "fig3":
@@ -159,7 +171,7 @@ def plot_fig3(path: Path, config: dict, rows: list[dict]) -> None:
     position = {g: i for i, g in enumerate(config["gammas"])}
     for ax, which in zip(axes, ("best", "final")):
         for i, scheme in enumerate(config["schemes"]):
-            got = sorted((position[r["gamma"]], r[f"{which}_mean"], r[f"{which}_std"] or 0.0)
+            got = sorted((position[r["gamma"]], r[f"{which}_mean"], r[f"{which}_half"] or 0.0)
                          for r in rows if r["scheme"] == scheme)
             if got:
                 xs, mean, std = zip(*got)
@@ -219,7 +231,7 @@ def _title(config: dict) -> str:
     seeds = config["seeds"]
     return (f"{Path(config['dataset']).name}, width {config['width']:g}, {config['steps']} steps, "
             f"n = {config['clients']}" + (f", f = {config['byzantine']}" if "byzantine" in config else "")
-            + (f", mean ± std over {seeds} seeds" if seeds > 1 else ", 1 seed"))
+            + (f", mean ± 95 % interval over {seeds} seeds" if seeds > 1 else ", 1 seed"))
 
 
 def write_report(out: Path, figure: str, config: dict, entries: list[dict], records: list[dict],

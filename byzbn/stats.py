@@ -14,7 +14,7 @@ These are the references that the Triton kernels and the runner are tested again
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -241,11 +241,16 @@ def merge_stats(stats: ClientStats) -> GlobalStats:
     return GlobalStats(mean=mean, var=var, var_unbiased=unbiased(var, total), count=total)
 
 
-def robust_merge_stats(stats: ClientStats, defense: Callable[[torch.Tensor], torch.Tensor]) -> GlobalStats:
+def robust_merge_stats(stats: ClientStats, defense: Callable[[torch.Tensor], torch.Tensor],
+                       clients: Optional[int] = None) -> GlobalStats:
     """Two-phase robust merge (DESIGN.md §3): the defense aggregates the means, then v_i + (μ_i − μ̂)².
 
-    Clients weigh equally. N is n times the median claimed count (per channel when count is [n, C]),
-    so f < n/2 clients lying about their counts cannot move it; with honest equal counts it is Σ n_i.
+    Clients weigh equally. N estimates the element count of the union the merge describes: `clients`
+    (default: all n rows) times the median claimed count (per channel when count is [n, C]). The server
+    knows n, the bound f its rule is built for, and each row's claimed count, never who is Byzantine,
+    so the runner passes clients = n − f: the honest clients' union (the f Byzantine clients hold no
+    data, or data the merge must not describe), and f < n/2 clients lying about their counts cannot
+    move the median; with equal honest counts m it is (n − f)·m, the exact union's N.
     Negative variance estimates are clamped to 0 and counted in `clamped`.
     Differentiable: a non-finite deviation μ_i − μ̂ (a NaN/Inf row, which a robust defense keeps out of
     the aggregate, so its gradient is 0) enters as a constant, because the backward of its square
@@ -259,9 +264,12 @@ def robust_merge_stats(stats: ClientStats, defense: Callable[[torch.Tensor], tor
     negative = var < 0
     clamped = int(negative.sum())
     var = torch.where(negative, torch.zeros_like(var), var)
+    clients = stats.n if clients is None else clients
+    if isinstance(clients, bool) or not isinstance(clients, int) or not 1 <= clients <= stats.n:
+        raise ValueError(f"clients must be an int in [1, n={stats.n}], got {clients!r}")
     count = stats.count.to(torch.int64)
     median = count.median() if count.dim() == 1 else count.median(dim=0).values
-    total = stats.n * median
+    total = clients * median
     return GlobalStats(mean=mean, var=var, var_unbiased=unbiased(var, total), count=total, clamped=clamped)
 
 

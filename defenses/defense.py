@@ -8,8 +8,8 @@ The repr lists the stages in the order they run, joined by ∘, with f shown onc
 Whatever is registered is what runs; the fused kernel (byzbn.kernels.robust_aggregate) is only a fast
 path for the compositions it implements (see defenses.rules.fused_call).
 
-Two optional stage methods keep every call pure: a stage with class attribute `stateful = True` has
-with_center(center) -> a copy starting from `center` (centered clipping), a random stage has
+Two stage capabilities keep every call pure (byzbn.defenses.registry): a `stateful` stage has
+with_center(center) -> a copy starting from `center` (centered clipping), a `randomized` stage has
 with_generator(gen) -> a copy drawing from `gen` (bucketing). Defense.with_center / with_generator pass
 them on and return a copy (self when no stage needs it); the runner calls them every step.
 """
@@ -23,8 +23,7 @@ import torch
 
 from byzbn import kernels
 from byzbn._checks import check_f, check_matrix
-from byzbn._registry import check_parameters, keyword_parameters, parameter_defaults, required_parameters
-from byzbn.defenses.registry import PRE_AGGREGATORS, aggregator_class
+from byzbn.defenses.registry import AGGREGATORS, PRE_AGGREGATORS
 from byzbn.defenses.rules import fused_call
 
 PreItem = Union[str, tuple[str, Mapping]]
@@ -35,7 +34,7 @@ def _is_item_with_params(item) -> bool:
     return isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], Mapping)
 
 
-def parse_pre(pre: PreSpec) -> list[tuple[str, dict]]:
+def pre_stages(pre: PreSpec) -> list[tuple[str, dict]]:
     """[(name, params)] from pre: None, a name, (name, {params}), or a list/tuple of names and (name, {params})."""
     if pre is None:
         return []
@@ -53,11 +52,10 @@ def parse_pre(pre: PreSpec) -> list[tuple[str, dict]]:
     return items
 
 
-def _build(cls, kind: str, name: str, f: int, params: dict):
-    """Validate params against cls.__init__ and build cls(f, **params); returns (object, params with defaults)."""
-    check_parameters(kind, name, params, keyword_parameters(cls, skip=("f",)), required_parameters(cls, skip=("f",)))
-    full = {**parameter_defaults(cls, skip=("f",)), **params}
-    return cls(f, **params), full
+def _build(registry, name: str, f: int, params: dict):
+    """registry's `name` built as cls(f, **params), params validated; returns (object, params with defaults)."""
+    full = registry.check(name, params)
+    return registry.make(name, f, **params), full
 
 
 def _check_n(obj, f: int, n: int) -> None:
@@ -81,12 +79,12 @@ class Defense:
     """
 
     def __init__(self, name: str, f: int, pre: PreSpec = None, **params):
-        rule_cls = aggregator_class(name)
+        AGGREGATORS.lookup(name)
         self.f = check_f(f)
         self.name = name
-        items = parse_pre(pre)
-        self.rule, self.params = _build(rule_cls, "aggregator", name, f, params)
-        built = [_build(PRE_AGGREGATORS[p], "pre-aggregator", p, f, kw) for p, kw in items]
+        items = pre_stages(pre)
+        self.rule, self.params = _build(AGGREGATORS, name, f, params)
+        built = [_build(PRE_AGGREGATORS, p, f, kw) for p, kw in items]
         self.pre = tuple(p for p, _ in items)
         self.pre_aggregators = tuple(obj for obj, _ in built)
         self.pre_params = tuple(full for _, full in built)
@@ -99,14 +97,15 @@ class Defense:
 
     @property
     def stateful(self) -> bool:
-        """Whether a stage keeps state between calls of a run (class attribute `stateful`, e.g. centered
+        """Whether a stage keeps state between calls of a run (its `stateful` capability, e.g. centered
         clipping's centre): the runner then passes it with with_center."""
         return any(getattr(stage, "stateful", False) for stage in self.stages)
 
     @property
     def randomized(self) -> bool:
-        """Whether a stage draws random numbers (it has with_generator, e.g. bucketing)."""
-        return any(callable(getattr(stage, "with_generator", None)) for stage in self.stages)
+        """Whether a stage draws random numbers (its `randomized` capability, e.g. bucketing): the runner
+        then passes it the step's generator with with_generator."""
+        return any(getattr(stage, "randomized", False) for stage in self.stages)
 
     def _with_stages(self, change) -> "Defense":
         """A copy whose stages are change(stage) (self unchanged)."""
@@ -128,8 +127,7 @@ class Defense:
         generator of this step) via their with_generator; self itself when no stage is random."""
         if not self.randomized:
             return self
-        return self._with_stages(lambda s: s.with_generator(generator)
-                                 if callable(getattr(s, "with_generator", None)) else s)
+        return self._with_stages(lambda s: s.with_generator(generator) if getattr(s, "randomized", False) else s)
 
     def check_n(self, n: int) -> None:
         """Raise ValueError naming f and its valid range if some stage cannot run on n rows.
@@ -180,4 +178,4 @@ def make_defense(name: str, f: int, pre: PreSpec = None, **params) -> Defense:
     return Defense(name, f, pre, **params)
 
 
-__all__ = ["Defense", "make_defense", "parse_pre"]
+__all__ = ["Defense", "make_defense", "pre_stages"]

@@ -8,6 +8,13 @@ Non-finite rows: a row holding a NaN/±Inf is infinitely far from every point. I
 iteration its weight 1/max(ν, ∞) is 0; in centered clipping its clipped difference has no direction and
 counts as 0 (the client is treated as having sent the centre). So at most f such rows never reach the
 output. Both rules need f < n (at least one row that can be honest).
+
+Defaults that do what the names say: geomed iterates until a step moves the estimate by at most `tol`
+of its norm (at most T steps); ByzFL's variant, three steps from 0, is `T=3, tol=0`. Centered
+clipping's radius `tau="auto"` is AUTO_TAU_SCALE times the median distance of the finite rows to the
+centre, measured at every call: a fixed radius such as ByzFL's 100 clips nothing when the channel's
+rows are much closer to the centre than that. `clipped_fraction` (and the rule's
+`last_clipped_fraction`) measures how many rows a call actually clipped.
 """
 from __future__ import annotations
 
@@ -48,9 +55,16 @@ def _finite_rows(sq: torch.Tensor) -> Optional[torch.Tensor]:
     return None if bool(finite.all()) else finite.nonzero().flatten()
 
 
-def geometric_median(x: torch.Tensor, nu: float = 0.1, T: int = 3) -> torch.Tensor:
+GEOMED_MAX_STEPS = 100  # Weiszfeld steps at most (T)
+GEOMED_TOL = 1e-6  # stop once a step moves z by at most this fraction of ‖z‖
+AUTO_TAU_SCALE = 2.0  # tau="auto": twice the median distance of the rows to the centre
+
+
+def geometric_median(x: torch.Tensor, nu: float = 0.1, T: int = GEOMED_MAX_STEPS,
+                     tol: float = GEOMED_TOL) -> torch.Tensor:
     """Smoothed Weiszfeld (Pillutla et al., RFA) from z₀ = 0:
-    z_{t+1} = Σ β_i x_i / Σ β_i with β_i = 1/max(ν, ‖x_i − z_t‖).
+    z_{t+1} = Σ β_i x_i / Σ β_i with β_i = 1/max(ν, ‖x_i − z_t‖), until ‖z_{t+1} − z_t‖ ≤ tol·‖z_{t+1}‖
+    or T steps (tol = 0: exactly T steps, ByzFL's GeometricMedian with T = 3).
 
     Rows holding a NaN/±Inf get weight 0; if every row does, the result is NaN. T = 0 returns z₀ = 0.
     """
@@ -65,41 +79,63 @@ def geometric_median(x: torch.Tensor, nu: float = 0.1, T: int = 3) -> torch.Tens
             if rows.numel() == 0:
                 return torch.full((x.shape[1],), float("nan"), dtype=x.dtype, device=x.device)
             sq = sq.index_select(0, rows)
+        previous = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
         for t in range(T):
             # max(ν, ‖·‖) as √max(ν², ‖·‖²): no square root at 0, whose derivative is infinite
             # (ν² kept above float64's underflow, or a row on z_t would weigh ∞).
             beta = sq.clamp(min=max(nu * nu, torch.finfo(torch.float64).tiny)).rsqrt()
             z, sq = combine(x, beta / beta.sum(), rows, distances_to_result=t + 1 < T, step=step)
+            if tol > 0:
+                current = z.detach().double()
+                if float(torch.linalg.vector_norm(current - previous)) <= tol * float(torch.linalg.vector_norm(current)):
+                    break
+                previous = current
         return z
 
 
 def centered_clipping(x: torch.Tensor, center: Optional[torch.Tensor] = None, L: int = 1,
-                      tau: float = 100.0) -> torch.Tensor:
+                      tau="auto") -> torch.Tensor:
     """Centered clipping (Karimireddy et al. 2021): v₀ = center (zeros when None),
-    v_{l+1} = v_l + (1/n) Σ_i (x_i − v_l) · min(1, τ/‖x_i − v_l‖), L times.
+    v_{l+1} = v_l + (1/n) Σ_i (x_i − v_l) · min(1, τ/‖x_i − v_l‖), L times; tau="auto" sets
+    τ = AUTO_TAU_SCALE · the median of ‖x_i − v₀‖ over the finite rows (the lower middle one for an even count).
 
     A row holding a NaN/±Inf contributes 0 to the sum (it still counts in n). L = 0 returns v₀.
     """
+    return _clip(x, center, L, tau)[0]
+
+
+def clipped_fraction(x: torch.Tensor, center: Optional[torch.Tensor] = None, L: int = 1, tau="auto") -> torch.Tensor:
+    """The fraction of the finite rows centered clipping clips, averaged over its L passes (0-d float64
+    tensor on x's device; 0 when L = 0 or no row is finite)."""
+    return _clip(x, center, L, tau)[1]
+
+
+def _clip(x: torch.Tensor, center: Optional[torch.Tensor], L: int, tau) -> tuple[torch.Tensor, torch.Tensor]:
     check_matrix("x", x)
     n, d = x.shape
     if center is not None:
         check_center(center, d)
     # v None stands for the zero centre: the first pass then reads x without subtracting anything.
     v = None if center is None else center.detach().to(dtype=x.dtype, device=x.device)
+    clipped = torch.zeros((), dtype=torch.float64, device=x.device)
     if L == 0:
-        return torch.zeros(d, dtype=x.dtype, device=x.device) if v is None else v.clone()
+        return (torch.zeros(d, dtype=x.dtype, device=x.device) if v is None else v.clone()), clipped
     with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad), one_cpu_thread(x.device):
         step = column_step(x)
         sq = sq_distances(x, v, step=step)
         rows = _finite_rows(sq)
         if rows is not None:
             sq = sq.index_select(0, rows)
+        if isinstance(tau, str):  # "auto": a radius on the channel's own scale (validated by the rule)
+            tau = AUTO_TAU_SCALE * sq.detach().sqrt().median() if sq.numel() else torch.zeros((), dtype=sq.dtype)
         for l in range(L):
             clip = sq.detach().sqrt() > tau     # as norms: tau² could underflow
+            if sq.numel():
+                clipped = clipped + clip.double().mean() / L
             # The safe denominator keeps the unused branch finite (its gradient would be 0 · ∞ = NaN).
             scale = torch.where(clip, tau / torch.where(clip, sq, torch.ones_like(sq)).sqrt(), torch.ones_like(sq))
             v, sq = combine(x, scale / n, rows, base=v, distances_to_result=l + 1 < L, step=step)
-        return v
+        return v, clipped
 
 
 def check_center(center, d: Optional[int] = None) -> None:
@@ -114,40 +150,50 @@ def check_center(center, d: Optional[int] = None) -> None:
 
 @register_aggregator("geomed")
 class GeometricMedian(_NeedsAnHonestRow):
-    """Geometric median by T steps of smoothed Weiszfeld from 0 (ByzFL's GeometricMedian; nu: smoothing ν > 0).
+    """Geometric median by smoothed Weiszfeld from 0 until a step moves it by at most `tol` of its norm,
+    at most T steps (nu: smoothing ν > 0; `T=3, tol=0` is ByzFL's GeometricMedian).
 
     f is not used by the rule (its breakdown point is 1/2); it needs f < n. Rows holding a NaN/±Inf get
     weight 0, so at most f of them never reach the output.
     """
 
-    def __init__(self, f: int, nu: float = 0.1, T: int = 3):
+    def __init__(self, f: int, nu: float = 0.1, T: int = GEOMED_MAX_STEPS, tol: float = GEOMED_TOL):
         super().__init__(f)
         self.nu = check_real("nu", nu, 0.0, low_inclusive=False)
         self.T = check_int("T", T, 0)
+        self.tol = check_real("tol", tol, 0.0, low_inclusive=True)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         check_matrix("x", x)
         self.check_n(x.shape[0])
-        return geometric_median(x, self.nu, self.T)
+        return geometric_median(x, self.nu, self.T, self.tol)
 
 
 @register_aggregator("centered-clipping")
 class CenteredClipping(_NeedsAnHonestRow):
-    """Centered clipping: L steps v ← v + mean_i clip_τ(x_i − v) from the centre (ByzFL's CenteredClipping).
+    """Centered clipping: L steps v ← v + mean_i clip_τ(x_i − v) from the centre (ByzFL's CenteredClipping
+    with a fixed tau, e.g. its default tau=100.0; tau="auto": AUTO_TAU_SCALE times the median distance of
+    the rows to the centre, at every call).
 
     Stateful: the centre is zeros on a stand-alone call (every call, so a call is a pure function); in a
     run it is the previous aggregate of the same channel, given by with_center(center), which returns a
     new rule and leaves this one unchanged. f is not used by the rule; it needs f < n. A row holding a
-    NaN/±Inf contributes 0 (it never reaches the output).
+    NaN/±Inf contributes 0 (it never reaches the output). `last_clipped_fraction` (a diagnostic, 0-d
+    tensor, None before the first call) is the fraction of rows the rule's last call clipped.
     """
 
     stateful: ClassVar[bool] = True
 
-    def __init__(self, f: int, L: int = 1, tau: float = 100.0):
+    def __init__(self, f: int, L: int = 1, tau="auto"):
         super().__init__(f)
         self.L = check_int("L", L, 0)
-        self.tau = check_real("tau", tau, 0.0, low_inclusive=True)
+        if isinstance(tau, str) and tau != "auto":
+            raise ValueError(f"tau must be a number >= 0 or 'auto', got {tau!r}")
+        if tau != "auto":
+            tau = check_real("tau", tau, 0.0, low_inclusive=True)
+        self.tau = tau
         self.center: Optional[torch.Tensor] = None
+        self.last_clipped_fraction: Optional[torch.Tensor] = None
 
     def with_center(self, center: Optional[torch.Tensor]) -> "CenteredClipping":
         """A copy of this rule that starts from `center` ([d], finite; None: zeros again)."""
@@ -161,7 +207,9 @@ class CenteredClipping(_NeedsAnHonestRow):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         check_matrix("x", x)
         self.check_n(x.shape[0])
-        return centered_clipping(x, self.center, self.L, self.tau)
+        out, self.last_clipped_fraction = _clip(x, self.center, self.L, self.tau)
+        return out
 
 
-__all__ = ["geometric_median", "centered_clipping", "GeometricMedian", "CenteredClipping", "check_real"]
+__all__ = ["GEOMED_MAX_STEPS", "GEOMED_TOL", "AUTO_TAU_SCALE", "geometric_median", "centered_clipping",
+           "clipped_fraction", "GeometricMedian", "CenteredClipping", "check_real"]

@@ -7,7 +7,7 @@ that row's bucket (so at most f of the ⌈n/s⌉ buckets).
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 
@@ -28,6 +28,8 @@ class Bucketing(PreAggregator):
     (a run passes each step's generator); stand-alone, every call draws from a fresh generator seeded
     with `seed`, so a call is reproducible.
     """
+
+    randomized: ClassVar[bool] = True
 
     def __init__(self, f: int, s: int = 1, seed: int = 0):
         super().__init__(f)

@@ -3,90 +3,45 @@
 A rule is a callable class, ByzFL style:
 
     @register_aggregator("my-rule")
-    class MyRule:
+    class MyRule(Aggregator):
         def __init__(self, f, beta=0.5): ...      # f from the federation; parameters by name, with defaults
         def __call__(self, x): ...                # x [n, d] -> [d], x not mutated, same dtype and device
 
 A pre-aggregator is the same with `__call__(x) -> [m, d]`. Parameters are read from `__init__`'s
 signature (named parameters only: a `**kwargs` catch-all declares none), so make_defense validates
-them and lists the valid ones. Optional methods, which the bases below provide:
+them and lists the valid ones. What the runner needs to know about a rule it reads from the
+capabilities the base classes declare, checked when the class is registered:
 
-- `check_n(n)`: raise ValueError naming f and its valid range when the object cannot run on n rows
-  (without it, 0 <= f <= n is required);
-- `output_rows(n)` (pre-aggregators): the row count m it returns for n rows (without it, m = n).
+- `stateful = True`: the rule remembers between calls of a run (centered clipping's centre); it must
+  define `with_center(center) -> a copy starting from center` (center None on the first step);
+- `randomized = True`: the rule draws random numbers; it must define `with_generator(gen) -> a copy
+  drawing from gen` (the run's generator of the step);
+- `check_n(n)`: raise ValueError naming f and its valid range when the rule cannot run on n rows
+  (the base checks 0 <= f <= n);
+- `output_rows(n)` (pre-aggregators): the row count m returned for n rows (the base: m = n).
 
-Deriving from Aggregator / PreAggregator gives f's validation, check_n and a repr.
+A plain class with `__init__(self, f, ...)` and `__call__(self, x)` may be registered too: it has the
+base's defaults (not stateful, not randomized, 0 <= f <= n).
 """
 from __future__ import annotations
 
-import inspect
+import abc
 from typing import ClassVar
 
 import torch
 
 from byzbn._checks import check_f
-from byzbn._registry import accepts_positional, file_class, keyword_parameters, lookup
-
-AGGREGATORS: dict[str, type] = {}
-PRE_AGGREGATORS: dict[str, type] = {}
-DEFENSES = AGGREGATORS  # the registry's name before pre-aggregators had their own
+from byzbn._registry import Registry, accepts_positional, defines
 
 
-def _check_plugin_class(decorator: str, name: str, cls) -> None:
-    what = f"@{decorator}({name!r}) must decorate a class with __init__(self, f, **params) and __call__(self, x)"
-    if not isinstance(cls, type):
-        raise ValueError(f"{what}, got {cls!r}")
-    if not any("__call__" in vars(k) for k in cls.__mro__ if k is not object) or not accepts_positional(
-            cls.__call__, 2):
-        raise ValueError(f"{what}: {cls.__name__} has no __call__(self, x)")
-    if "f" not in inspect.signature(cls.__init__).parameters:
-        raise ValueError(f"{what}: {cls.__name__}.__init__ takes no parameter f")
-
-
-def register_aggregator(name: str):
-    """Class decorator: file an aggregation rule ([n, d] -> [d]) in AGGREGATORS under `name` (unique)."""
-
-    def decorate(cls):
-        _check_plugin_class("register_aggregator", name, cls)
-        return file_class(AGGREGATORS, "aggregator", name, cls)
-
-    return decorate
-
-
-def register_pre_aggregator(name: str):
-    """Class decorator: file a pre-aggregator ([n, d] -> [m, d]) in PRE_AGGREGATORS under `name` (unique)."""
-
-    def decorate(cls):
-        _check_plugin_class("register_pre_aggregator", name, cls)
-        return file_class(PRE_AGGREGATORS, "pre-aggregator", name, cls)
-
-    return decorate
-
-
-def aggregator_class(name: str) -> type:
-    """The class registered as aggregator `name` (ValueError listing the valid names otherwise)."""
-    return lookup(AGGREGATORS, "aggregator", name)
-
-
-def pre_aggregator_class(name: str) -> type:
-    """The class registered as pre-aggregator `name` (ValueError listing the valid names otherwise)."""
-    return lookup(PRE_AGGREGATORS, "pre-aggregator", name)
-
-
-def aggregator_parameters(name: str) -> list[str]:
-    """The keyword parameters (besides f) that aggregator `name` accepts."""
-    return keyword_parameters(aggregator_class(name), skip=("f",))
-
-
-def pre_aggregator_parameters(name: str) -> list[str]:
-    """The keyword parameters (besides f) that pre-aggregator `name` accepts."""
-    return keyword_parameters(pre_aggregator_class(name), skip=("f",))
-
-
-class Aggregator:
-    """Optional base of an aggregation rule: validates f, checks 0 <= f <= n; subclasses implement __call__."""
+class Aggregator(abc.ABC):
+    """Base of an aggregation rule: validates f, checks 0 <= f <= n; subclasses implement __call__."""
 
     name: ClassVar[str] = ""
+    # The rule keeps state between the calls of a run: it defines with_center(center) -> a copy.
+    stateful: ClassVar[bool] = False
+    # The rule draws random numbers: it defines with_generator(generator) -> a copy drawing from it.
+    randomized: ClassVar[bool] = False
 
     def __init__(self, f: int):
         self.f = check_f(f)
@@ -95,22 +50,76 @@ class Aggregator:
         """Raise ValueError naming f and its valid range if this rule cannot run on n rows."""
         check_f(self.f, n)
 
+    @abc.abstractmethod
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement __call__(x [n, d]) -> [d]")
+        """x [n, d] -> the aggregate [d] (x not mutated)."""
 
     def __repr__(self) -> str:
         return f"{self.name}(f={self.f})"
 
 
 class PreAggregator(Aggregator):
-    """Optional base of a pre-aggregator: as Aggregator, mapping [n, d] to [output_rows(n), d]."""
+    """Base of a pre-aggregator: as Aggregator, mapping [n, d] to [output_rows(n), d]."""
 
     def output_rows(self, n: int) -> int:
         """The number of rows returned for n input rows."""
         return n
 
+    @abc.abstractmethod
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement __call__(x [n, d]) -> [m, d]")
+        """x [n, d] -> [output_rows(n), d] (x not mutated)."""
+
+
+def _plain_stage(decorator: str):
+    """What a registry does with a class that does not derive from the base: check its call, file it."""
+
+    def plain(name: str, cls):
+        what = f"@{decorator}({name!r}) must decorate a class with __init__(self, f, **params) and __call__(self, x)"
+        if not isinstance(cls, type):
+            raise ValueError(f"{what}, got {cls!r}")
+        if not defines(cls, "__call__") or not accepts_positional(cls.__call__, 2):
+            raise ValueError(f"{what}: {cls.__name__} has no __call__(self, x)")
+        return cls
+
+    return plain
+
+
+_STAGE_METHODS = {"stateful": "with_center", "randomized": "with_generator"}
+AGGREGATORS = Registry("aggregator", base=Aggregator, context=("f",), requires=_STAGE_METHODS,
+                       plain=_plain_stage("register_aggregator"))
+PRE_AGGREGATORS = Registry("pre-aggregator", base=PreAggregator, context=("f",), requires=_STAGE_METHODS,
+                           plain=_plain_stage("register_pre_aggregator"))
+DEFENSES = AGGREGATORS  # another name for the rules' registry
+
+
+def register_aggregator(name: str):
+    """Class decorator: file an aggregation rule ([n, d] -> [d]) in AGGREGATORS under `name` (unique)."""
+    return AGGREGATORS.register(name)
+
+
+def register_pre_aggregator(name: str):
+    """Class decorator: file a pre-aggregator ([n, d] -> [m, d]) in PRE_AGGREGATORS under `name` (unique)."""
+    return PRE_AGGREGATORS.register(name)
+
+
+def aggregator_class(name: str) -> type:
+    """The class registered as aggregator `name` (ValueError listing the valid names otherwise)."""
+    return AGGREGATORS.lookup(name)
+
+
+def pre_aggregator_class(name: str) -> type:
+    """The class registered as pre-aggregator `name` (ValueError listing the valid names otherwise)."""
+    return PRE_AGGREGATORS.lookup(name)
+
+
+def aggregator_parameters(name: str) -> list[str]:
+    """The keyword parameters (besides f) that aggregator `name` accepts."""
+    return AGGREGATORS.parameters(name)
+
+
+def pre_aggregator_parameters(name: str) -> list[str]:
+    """The keyword parameters (besides f) that pre-aggregator `name` accepts."""
+    return PRE_AGGREGATORS.parameters(name)
 
 
 __all__ = ["AGGREGATORS", "PRE_AGGREGATORS", "DEFENSES", "register_aggregator", "register_pre_aggregator",

@@ -10,6 +10,11 @@ Each op's module holds its Triton kernel, the launcher and a fast torch path for
 pairwise_distances, mixing and order_statistics are the parts robust_aggregate is built from.
 Kernels import nothing of byzbn but byzbn._checks, byzbn._threads and byzbn.stats.
 """
+
+if __name__ != "byzbn.kernels":  # e.g. `import kernels` from the repository root
+    raise ImportError(f"this folder is the package byzbn.kernels: import byzbn.kernels, not {__name__} "
+                      "(the same files under two names would be two separate modules, each with its own state)")
+
 from byzbn.kernels import reference
 from byzbn.kernels.client_stats import client_stats
 from byzbn.kernels.mixing import nearest_neighbour_mixing

@@ -260,7 +260,8 @@ def test_optimal_rejects_a_defense_with_the_wrong_output_shape():
 # ---------------------------------------------------------------- registry
 
 def test_registry_holds_every_rule():
-    assert sorted(ATTACKS) == sorted(FIXED + OPTIMAL + ["mimic", "bn-adaptive", "label-flip"])
+    assert sorted(ATTACKS) == sorted(FIXED + OPTIMAL + ["mimic", "bn-adaptive", "label-flip", "minmax", "minsum",
+                                                        "fang-trimmed", "fang-krum"])
     for name, cls in ATTACKS.items():
         assert issubclass(cls, Attack) and cls.name == name
 

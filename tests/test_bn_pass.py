@@ -1,4 +1,4 @@
-"""The BN pass (byzbn.nn.bn_pass) and what it returns, the fused backward's precision, FedTAN's merged statistics.
+"""The BN pass (byzbn.nn.bn_passes) and what it returns, the fused backward's precision, FedTAN's merged statistics.
 
 - a pass hands its layers one BNPass and a record, and puts back what they had on exit, also when the
   pass raises and when passes nest;
@@ -22,7 +22,7 @@ from byzbn.defenses import make_defense
 from byzbn.fl.dsgd import Federation
 from byzbn.fl.passes import batched_pass, loop_pass, split_pass
 from byzbn.fl.scenario import make_scenario
-from byzbn.nn import (BNPass, BNStats, FederatedBatchNorm, HybridBatchNorm, KernelMoments, LayerOutput, bn_pass,
+from byzbn.nn import (BNPass, BNStats, FederatedBatchNorm, HybridBatchNorm, KernelMoments, LayerOutput, run_bn_pass,
                       federated_bn_layers)
 from byzbn.nn.models import make_cnn
 from byzbn.schemes import StatsChannel, make_scheme, synchronize
@@ -44,15 +44,15 @@ def _layers(k: int = 3) -> list[FederatedBatchNorm]:
 def test_a_pass_sets_every_layer_and_restores_it_on_exit():
     layers = _layers()
     spec = BNPass(mode="global", clients=2, record=True)
-    with bn_pass(layers, spec) as record:
-        assert all(layer.bn_pass is spec and layer.active_pass == (spec, record) for layer in layers)
+    with run_bn_pass(layers, spec) as record:
+        assert all(layer.current_pass is spec and layer.active_pass == (spec, record) for layer in layers)
     assert all(layer.active_pass is None for layer in layers)
-    assert [layer.bn_pass for layer in layers] == [BNPass()] * 3 + [BNPass(mode="hybrid")]  # default passes
+    assert [layer.current_pass for layer in layers] == [BNPass()] * 3 + [BNPass(mode="hybrid")]  # default passes
 
 
 def test_a_pass_restores_every_layer_when_its_body_raises():
     layers = _layers()
-    with pytest.raises(Boom), bn_pass(layers, BNPass(mode="union", clients=2)):
+    with pytest.raises(Boom), run_bn_pass(layers, BNPass(mode="union", clients=2)):
         layers[0](torch.randn(4, 2, 3, dtype=torch.float64))  # some layers ran, others did not
         raise Boom
     assert all(layer.active_pass is None for layer in layers)
@@ -60,7 +60,7 @@ def test_a_pass_restores_every_layer_when_its_body_raises():
 
 def test_a_pass_restores_every_layer_when_a_layer_raises_inside_it():
     layers = _layers()
-    with pytest.raises(ValueError, match="clients=3"), bn_pass(layers, BNPass(clients=3, record=True)) as record:
+    with pytest.raises(ValueError, match="clients=3"), run_bn_pass(layers, BNPass(clients=3, record=True)) as record:
         layers[0](torch.randn(6, 2, dtype=torch.float64))
         layers[1](torch.randn(4, 2, dtype=torch.float64))  # 4 rows do not split into 3 clients
     assert all(layer.active_pass is None for layer in layers)
@@ -71,20 +71,20 @@ def test_nested_passes_restore_the_outer_pass_also_when_the_inner_one_raises():
     layers = _layers()
     outer, inner = BNPass(mode="global", clients=2, record=True), BNPass(mode="client", record=True)
     x = torch.randn(4, 2, 3, dtype=torch.float64)
-    with pytest.raises(Boom), bn_pass(layers[:3], outer) as outer_record:
-        with pytest.raises(Boom), bn_pass(layers[1:], inner) as inner_record:
-            assert [layer.bn_pass for layer in layers] == [outer, inner, inner, inner]
+    with pytest.raises(Boom), run_bn_pass(layers[:3], outer) as outer_record:
+        with pytest.raises(Boom), run_bn_pass(layers[1:], inner) as inner_record:
+            assert [layer.current_pass for layer in layers] == [outer, inner, inner, inner]
             layers[1](x)
             raise Boom
-        assert [layer.bn_pass for layer in layers] == [outer, outer, outer, BNPass(mode="hybrid")]
+        assert [layer.current_pass for layer in layers] == [outer, outer, outer, BNPass(mode="hybrid")]
         assert layers[3].active_pass is None
         # The inner pass's outputs went to the inner record only.
         assert inner_record.output(layers[1]) is not None and outer_record.output(layers[1]) is None
         layers[1](x)
         assert outer_record.output(layers[1]).mean.shape == (2, 2)  # back under the outer pass: 2 clients
-        with bn_pass(layers, inner):  # a nested pass that exits normally restores the outer one too
+        with run_bn_pass(layers, inner):  # a nested pass that exits normally restores the outer one too
             pass
-        assert [layer.bn_pass for layer in layers[:3]] == [outer] * 3 and layers[3].active_pass is None
+        assert [layer.current_pass for layer in layers[:3]] == [outer] * 3 and layers[3].active_pass is None
         raise Boom
     assert all(layer.active_pass is None for layer in layers)
 
@@ -92,10 +92,10 @@ def test_nested_passes_restore_the_outer_pass_also_when_the_inner_one_raises():
 def test_a_rejected_spec_leaves_the_layers_as_they_were():
     layers = _layers()
     outer = BNPass(mode="global")
-    with bn_pass(layers, outer):
-        with pytest.raises(ValueError, match="spec must be a BNPass"), bn_pass(layers, {"mode": "client"}):
+    with run_bn_pass(layers, outer):
+        with pytest.raises(ValueError, match="spec must be a BNPass"), run_bn_pass(layers, {"mode": "client"}):
             pass
-        assert all(layer.bn_pass is outer for layer in layers)
+        assert all(layer.current_pass is outer for layer in layers)
 
 
 def test_a_bnpass_is_immutable_and_replace_gives_a_validated_copy():
@@ -111,7 +111,7 @@ def test_a_bnpass_is_immutable_and_replace_gives_a_validated_copy():
 def test_the_record_lists_outputs_in_the_order_the_layers_were_given():
     layers = _layers(2)[:2]
     x = torch.randn(6, 2, 2, dtype=torch.float64)
-    with bn_pass(layers, BNPass(mode="client", clients=3, record=True)) as record:
+    with run_bn_pass(layers, BNPass(mode="client", clients=3, record=True)) as record:
         layers[1](x)  # run in the reverse order
         layers[0](x * 2 + 1)
     first, second = record.outputs()
@@ -125,11 +125,11 @@ def test_the_record_lists_outputs_in_the_order_the_layers_were_given():
 def test_a_pass_without_statistics_returns_no_bn_stats():
     layers = _layers(2)[:2]
     x = torch.randn(6, 2, 2, dtype=torch.float64)
-    with bn_pass(layers, BNPass(mode="global", clients=3)) as record:  # FixBN after T*: nothing recorded
+    with run_bn_pass(layers, BNPass(mode="global", clients=3)) as record:  # FixBN after T*: nothing recorded
         for layer in layers:
             layer(x)
     assert record.bn_stats(3) is None and all(o.mean is None and o.count == 4 for o in record.outputs())
-    with bn_pass(layers, BNPass(mode="global", clients=3, record=True)) as record:
+    with run_bn_pass(layers, BNPass(mode="global", clients=3, record=True)) as record:
         pass
     assert record.bn_stats(3) is None  # no layer ran
 
@@ -178,7 +178,7 @@ def _fused_layer_grads(xs: torch.Tensor, weight, bias, up, eps: float):
         layer.weight.copy_(weight)
         layer.bias.copy_(bias)
     x = xs.reshape(-1, *xs.shape[2:]).clone().requires_grad_(True)
-    with bn_pass([layer], BNPass(mode="client", clients=xs.shape[0], backend="kernel")):
+    with run_bn_pass([layer], BNPass(mode="client", clients=xs.shape[0], backend="kernel")):
         out = layer(x)
     gx, gw, gb = torch.autograd.grad((out.view_as(xs) * up).sum(), [x, layer.weight, layer.bias])
     return gx.view_as(xs), gw, gb
@@ -243,7 +243,7 @@ def test_a_synchronized_pass_returns_each_layers_merged_statistics():
     conv = nn.Conv2d(3, 3, 1).double()
     x = torch.randn(H * 4, 3, 3, 2, generator=gen, dtype=torch.float64) * 2 + 5
     spec = BNPass(mode="sync", clients=H, backend="torch", record=True, sync=partial(synchronize, channel))
-    with bn_pass(layers, spec) as record:
+    with run_bn_pass(layers, spec) as record:
         hidden = layers[0](x)
         layers[1](conv(hidden))
     bn = record.bn_stats(H)
@@ -257,7 +257,7 @@ def test_a_synchronized_pass_returns_each_layers_merged_statistics():
             torch.testing.assert_close(getattr(merged, name), getattr(want, name), **TOL64)
             assert not getattr(merged, name).requires_grad
         assert torch.equal(merged.count, want.count) and merged.clamped == want.clamped
-    with bn_pass(layers, BNPass(mode="client", clients=H, record=True)) as record:
+    with run_bn_pass(layers, BNPass(mode="client", clients=H, record=True)) as record:
         layers[1](layers[0](x))
     assert record.bn_stats(H).merged is None  # only a synchronized pass merges in the forward
 

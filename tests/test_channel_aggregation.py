@@ -1,4 +1,4 @@
-"""The runner's per-channel aggregation (byzbn.fl.aggregation): centered clipping starts from the previous
+"""The runner's per-channel aggregation (byzbn.aggregation, byzbn.fl.aggregation): centered clipping starts from the previous
 aggregate of the same channel and call, bucketing draws from the run's generator of each step, both
 survive a resume, and attacks optimise against the defense the server will really use."""
 from __future__ import annotations
@@ -11,7 +11,9 @@ import torch
 from byzbn.attacks import make_attack
 from byzbn.defenses import make_defense
 from byzbn.fl import Federation, make_scenario
-from byzbn.fl.aggregation import ChannelAggregation
+from byzbn.aggregation import AggregationState, attack_then_aggregate, bind
+from byzbn.attacks import AttackContext
+from byzbn.fl import seeds
 from byzbn.nn.models import make_cnn
 from byzbn.schemes import make_scheme
 from federation_data import client_data
@@ -22,34 +24,52 @@ SHAPE, BATCH = (1, 8, 8), 5
 
 
 def _centered_clipping():
-    # A radius that clips (the default tau=100 clips nothing at these scales, and then the centre cancels).
+    # A fixed radius that clips at these scales (ByzFL's tau=100 clips nothing here, and then the centre cancels).
     return make_defense("centered-clipping", F_BYZ, tau=0.05)
 
 
+def _aggregate(defense, state, rows, gen):
+    context = AttackContext(N, 0, channel="grads")
+    return attack_then_aggregate(rows, None, defense, state, gen, context)
+
+
 def test_a_stateful_defense_remembers_each_call_of_the_step_before():
-    aggregation = ChannelAggregation(_centered_clipping())
+    defense = _centered_clipping()
     gen = torch.Generator().manual_seed(0)
     rows = [torch.randn(N, 7, generator=gen) for _ in range(4)]
-    server, attacked = aggregation.for_step(gen)
-    first = [server(rows[0]), server(rows[1])]              # two calls in one step (means, then variances)
+    state = AggregationState()
+    first = []
+    for x in rows[:2]:                                       # two calls in one step (means, then variances)
+        out, state = _aggregate(defense, state, x, gen)
+        first.append(out)
     fresh = _centered_clipping()
     torch.testing.assert_close(first[0], fresh(rows[0]))    # the first step starts from zeros
     torch.testing.assert_close(first[1], fresh(rows[1]))
-    torch.testing.assert_close(attacked(rows[0]), fresh(rows[0]))
-    server, attacked = aggregation.for_step(gen)
-    second = server(rows[2])
+    assert bind(defense, AggregationState(), gen)[1](rows[0]).equal(fresh(rows[0]))
+    state = state.next_step()
+    second, state = _aggregate(defense, state, rows[2], gen)
     torch.testing.assert_close(second, fresh.with_center(first[0])(rows[2]))  # call 0 from call 0
-    torch.testing.assert_close(server(rows[3]), fresh.with_center(first[1])(rows[3]))  # call 1 from call 1
+    third, state = _aggregate(defense, state, rows[3], gen)
+    torch.testing.assert_close(third, fresh.with_center(first[1])(rows[3]))   # call 1 from call 1
+    attacked = bind(defense, state, gen)[1]
     torch.testing.assert_close(attacked(rows[2]), second)   # the attack sees the centre the server uses ...
     attacked(rows[0])                                        # ... and its trial calls are not remembered
-    assert torch.equal(aggregation.previous[0], second)
+    assert torch.equal(state.next_step().previous[0], second)
     assert not torch.equal(fresh.with_center(first[0])(rows[2]), fresh(rows[2]))  # the centre matters here
+
+
+def test_the_state_of_a_shorter_step_keeps_the_later_calls_of_the_step_before():
+    state = AggregationState((torch.zeros(2), torch.ones(2)), (torch.full((2,), 5.0),))
+    assert [t.tolist() for t in state.next_step().previous] == [[5.0, 5.0], [1.0, 1.0]]
+    assert AggregationState.from_state_dict(state.state_dict()) == AggregationState(state.next_step().previous)
 
 
 def test_a_plain_defense_passes_through():
     defense = make_defense("median", F_BYZ, pre="nnm")
-    server, attacked = ChannelAggregation(defense).for_step(torch.Generator())
+    server, attacked = bind(defense, AggregationState(), torch.Generator())
     assert server is defense and attacked is defense
+    state = AggregationState()
+    assert _aggregate(defense, state, torch.randn(N, 3), torch.Generator())[1] is state
 
 
 def _federation(defense, target="both", seed=3):
@@ -64,16 +84,15 @@ def _federation(defense, target="both", seed=3):
 def test_centered_clipping_in_a_run_starts_from_the_previous_aggregate_of_each_channel():
     fed = _federation(_centered_clipping())
     fed.step()
-    after_one = {channel: [t.clone() for t in a.previous] for channel, a in fed.aggregation.items()}
+    after_one = {channel: [t.clone() for t in a.next_step().previous] for channel, a in fed.aggregates.items()}
     assert len(after_one["grads"]) == 1 and len(after_one["stats"]) == 2   # FBN: means, then variances
     fed.step()
-    assert all(not torch.equal(a, b) for a, b in zip(after_one["stats"], fed.aggregation["stats"].previous))
+    assert all(not torch.equal(a, b) for a, b in zip(after_one["stats"], fed.aggregates["stats"].next_step().previous))
     # A run whose defense forgets its centre every step ends elsewhere.
     forgetful = _federation(_centered_clipping())
     for _ in range(2):
         forgetful.step()
-        for a in forgetful.aggregation.values():
-            a.previous = []
+        forgetful.aggregates = {channel: AggregationState() for channel in forgetful.aggregates}
     assert any(not torch.equal(p, q) for p, q in zip(fed.params, forgetful.params))
 
 
@@ -109,5 +128,7 @@ def test_bucketing_draws_fresh_buckets_every_step_from_the_runs_seed():
     assert all(torch.equal(p, q) for p, q in zip(a, b))
     fed = _federation(make_defense("mean", F_BYZ, pre=[("bucketing", {"s": 2})]))
     x = torch.arange(N * 3, dtype=torch.float32).view(N, 3)
-    buckets = [fed.aggregators(t, "grads")[0].pre_aggregators[0](x) for t in range(4)]
+    defense = fed.scenario.channel_aggregator("grads")
+    buckets = [bind(defense, AggregationState(), seeds.generator(3, t, seeds.AGGREGATION_STREAMS["grads"]))[0]
+               .pre_aggregators[0](x) for t in range(4)]
     assert any(not torch.equal(buckets[0], other) for other in buckets[1:])

@@ -12,7 +12,7 @@ import byzbn.kernels
 from byzbn.defenses import (AGGREGATORS, PRE_AGGREGATORS, Aggregator, CoordinateMedian, PreAggregator, functional,
                             aggregator_parameters, make_defense, pre_aggregator_parameters, register_aggregator,
                             register_pre_aggregator)
-from byzbn.defenses.defense import parse_pre
+from byzbn.defenses.defense import pre_stages
 
 
 @pytest.fixture
@@ -172,7 +172,7 @@ def test_required_parameters_must_be_given():
     ((("nnm", {}), "nnm"), [("nnm", {}), ("nnm", {})]), ([], []),
 ])
 def test_pre_accepts_names_and_name_params_pairs(pre, parsed):
-    assert parse_pre(pre) == parsed
+    assert pre_stages(pre) == parsed
 
 
 @pytest.mark.parametrize("pre, match", [

@@ -38,7 +38,7 @@ def reference(x64: torch.Tensor, name: str, f: int, pre: str | None) -> torch.Te
 # ---- registries and construction ---------------------------------------------------------------------
 
 CATALOGUE = {"mean", "median", "trimmed-mean", "geomed", "krum", "multi-krum", "centered-clipping", "mda", "monna",
-             "meamed", "caf", "smea"}
+             "meamed", "caf", "smea", "bulyan", "dnc", "signguard", "clippedclustering"}
 PAPER_RULES = ("mean", "median", "trimmed-mean")  # the FBN paper's: no parameters, the fused kernel's rules
 
 

@@ -150,7 +150,7 @@ def _reference_rounds(fed: FedAvgFederation, rounds: int, scheme: str, reset: bo
                 else:
                     acts = torch.stack([torch.cat([a for kk, a in inputs[i] if kk == k]) for i in range(H)])
                     merged = bnstats.merge_stats(bnstats.client_stats(acts))  # the honest union of the round
-                    total = N_CLIENTS * acts[0].numel() // acts.shape[2]      # N = n · (E · count)
+                    total = H * acts[0].numel() // acts.shape[2]      # N = (n − f) · (E · count): the honest union
                     m = 1 - (1 - layer.momentum) ** E
                     layer.running_mean.mul_(1 - m).add_(m * merged.mean)
                     layer.running_var.mul_(1 - m).add_(m * merged.var * total / (total - 1))

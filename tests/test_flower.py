@@ -127,7 +127,8 @@ def test_strategy_statistics_equal_byzbn_stats_on_the_same_replies(tiny_npz):
     strategy.apply_round(0, contents)
 
     # byzbn.stats directly: each client's E steps merged per layer, all layers in one row, the sign-flip
-    # on the means with the no-op union variance, the two-phase NNM∘median merge, the running update.
+    # on the means with the no-op union variance, the two-phase NNM∘median merge (N: the 4 honest clients'
+    # union), the running update.
     names = records.bn_layer_names(strategy.model)
     per_client = [records.record_stats(contents[c][records.STATS], strategy.E, names) for c in range(4)]
     per_layer = [bnstats.merge_steps([ClientStats(torch.cat([per_client[c][e][k].mean for c in range(4)]),
@@ -138,7 +139,7 @@ def test_strategy_statistics_equal_byzbn_stats_on_the_same_replies(tiny_npz):
     context = AttackContext(5, 1, defense=defense, generator=seeds.generator(0, 0, seeds.ATTACK_STREAMS["stats"]),
                             step=0, channel="stats")
     rows = attack_stats(bnstats.concat_stats(per_layer), make_attack("sign-flip"), context, fields="mean")
-    merged = bnstats.split_stats(bnstats.robust_merge_stats(rows, defense), [len(m) for m, _ in before])
+    merged = bnstats.split_stats(bnstats.robust_merge_stats(rows, defense, clients=4), [len(m) for m, _ in before])
     for layer, (mean0, var0), g in zip(strategy.layers, before, merged):
         momentum = 1 - (1 - layer.momentum) ** strategy.E
         mean, var = bnstats.update_running(mean0, var0, g, momentum)

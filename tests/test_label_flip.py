@@ -11,7 +11,7 @@ from torch import nn
 from byzbn.attacks import AttackContext, make_attack, poisons_data
 from byzbn.defenses import make_defense
 from byzbn.fl import FedAvgFederation, Federation, make_scenario, seeds
-from byzbn.fl.dsgd import client_batch_indices
+from byzbn.fl.client import client_batch_indices
 from byzbn.nn.models import make_cnn, norm_layers
 from byzbn.schemes import make_scheme
 from federation_data import client_data

@@ -8,7 +8,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from byzbn import stats as bnstats
-from byzbn.nn import (BNPass, FederatedBatchNorm, KernelClientBatchNorm, KernelMoments, bn_pass, client_moments,
+from byzbn.nn import (BNPass, FederatedBatchNorm, KernelClientBatchNorm, KernelMoments, run_bn_pass, client_moments,
                       federated_bn_layers)
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
@@ -90,7 +90,7 @@ def _per_client_reference(layer, x, clients):
 def test_client_mode_equals_bn_on_each_client_batch_with_gradients(backend):
     layer, x, clients = _layer(3), _batch(4, 5, 3), 4
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    with bn_pass([layer], BNPass(mode="client", clients=clients, backend=backend)):
+    with run_bn_pass([layer], BNPass(mode="client", clients=clients, backend=backend)):
         out = layer(x1)
     ref = _per_client_reference(layer, x2, clients)
     torch.testing.assert_close(out, ref, **TOL[torch.float64])
@@ -105,7 +105,7 @@ def test_client_mode_equals_bn_on_each_client_batch_with_gradients(backend):
 def test_union_mode_equals_bn_on_the_concatenated_batch_with_gradients(backend):
     layer, x = _layer(2), _batch(3, 4, 2)
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    with bn_pass([layer], BNPass(mode="union", clients=3, backend=backend)):
+    with run_bn_pass([layer], BNPass(mode="union", clients=3, backend=backend)):
         out = layer(x1)
     ref = F.batch_norm(x2, None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
     torch.testing.assert_close(out, ref, **TOL[torch.float64])
@@ -118,7 +118,7 @@ def test_union_mode_equals_bn_on_the_concatenated_batch_with_gradients(backend):
 
 def test_global_mode_normalizes_with_the_running_statistics_as_constants():
     layer, x = _layer(3), _batch(2, 4, 3).requires_grad_(True)
-    with bn_pass([layer], BNPass(mode="global", clients=2)):
+    with run_bn_pass([layer], BNPass(mode="global", clients=2)):
         out = layer(x)
     ref = (x - layer.running_mean.view(1, 3, 1, 1)) / torch.sqrt(layer.running_var.view(1, 3, 1, 1) + layer.eps) \
         * layer.weight.view(1, 3, 1, 1) + layer.bias.view(1, 3, 1, 1)
@@ -132,7 +132,7 @@ def test_global_mode_normalizes_with_the_running_statistics_as_constants():
 @pytest.mark.parametrize("mode", ["client", "union", "global"])
 def test_recording_returns_the_per_client_batch_statistics_and_counts(mode):
     layer, x = _layer(3), _batch(4, 2, 3)
-    with bn_pass([layer], BNPass(mode=mode, clients=4, record=True)) as record:
+    with run_bn_pass([layer], BNPass(mode=mode, clients=4, record=True)) as record:
         layer(x)
     outputs = record.outputs()
     assert len(outputs) == 1 and record.output(layer) is outputs[0]
@@ -151,7 +151,7 @@ def test_eval_mode_is_bn_with_the_running_statistics_and_ignores_the_mode():
     layer, x = _layer(3), _batch(2, 3, 3)
     layer.eval()
     ref = F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0, layer.eps)
-    with bn_pass([layer], BNPass(mode="client", clients=2, record=True)) as record:
+    with run_bn_pass([layer], BNPass(mode="client", clients=2, record=True)) as record:
         out = layer(x)
     torch.testing.assert_close(out, ref, **TOL[torch.float64])
     assert record.outputs() == []  # eval mode returns nothing into the pass
@@ -161,7 +161,7 @@ def test_running_buffers_are_not_touched_by_a_training_pass():
     layer, x = _layer(3), _batch(2, 3, 3)
     before = (layer.running_mean.clone(), layer.running_var.clone())
     for mode in ("client", "union", "global"):
-        with bn_pass([layer], BNPass(mode=mode, clients=2, record=True)):
+        with run_bn_pass([layer], BNPass(mode=mode, clients=2, record=True)):
             layer(x)
     torch.testing.assert_close(layer.running_mean, before[0], rtol=0, atol=0)
     torch.testing.assert_close(layer.running_var, before[1], rtol=0, atol=0)
@@ -177,7 +177,7 @@ def test_bad_arguments_raise_value_errors():
     layer = FederatedBatchNorm(2)
     with pytest.raises(ValueError, match=r"shape \[N, 2"):
         layer(torch.zeros(4, 3, 2, 2))
-    with pytest.raises(ValueError, match="clients=3"), bn_pass([layer], BNPass(clients=3)):
+    with pytest.raises(ValueError, match="clients=3"), run_bn_pass([layer], BNPass(clients=3)):
         layer(torch.zeros(4, 2, 2, 2))
     with pytest.raises(ValueError, match="mode must be one of"):
         BNPass(mode="batch")
@@ -191,9 +191,9 @@ def test_bad_arguments_raise_value_errors():
         BNPass().replace(mode="batch")  # a changed copy is validated too
     # A record (the old sink) always comes with the pass: what can go wrong is a spec that is not a
     # BNPass, or a layer running twice into one record (two forwards in one pass).
-    with pytest.raises(ValueError, match="spec must be a BNPass"), bn_pass([layer], "client"):
+    with pytest.raises(ValueError, match="spec must be a BNPass"), run_bn_pass([layer], "client"):
         pass
-    with pytest.raises(ValueError, match="ran twice in one pass"), bn_pass([layer], BNPass(record=True)):
+    with pytest.raises(ValueError, match="ran twice in one pass"), run_bn_pass([layer], BNPass(record=True)):
         layer(torch.randn(4, 2, 2, 2))
         layer(torch.randn(4, 2, 2, 2))
 
@@ -211,7 +211,7 @@ def test_federated_bn_layers_lists_the_layers_in_forward_order():
 def test_client_mode_property(clients, b, c, spatial, seed):
     assume(b * max(1, int(torch.tensor(spatial).prod())) >= 2)  # BN in training needs 2 elements per channel
     layer, x = _layer(c, seed=seed), _batch(clients, b, c, spatial=spatial, seed=seed + 1)
-    with bn_pass([layer], BNPass(mode="client", clients=clients)):
+    with run_bn_pass([layer], BNPass(mode="client", clients=clients)):
         out = layer(x)
     torch.testing.assert_close(out, _per_client_reference(layer, x, clients), rtol=1e-9, atol=1e-9)
 
@@ -224,7 +224,7 @@ def test_keeping_the_normalized_input_changes_neither_output_nor_gradients(mode,
     up = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
     for keep in (False, True):
         xi = x.clone().requires_grad_(True)
-        with bn_pass([layer], BNPass(mode=mode, clients=4, backend=backend, keep_normalized=keep)) as record:
+        with run_bn_pass([layer], BNPass(mode=mode, clients=4, backend=backend, keep_normalized=keep)) as record:
             out = layer(xi)
         outs.append(out)
         kept.append(record.output(layer).normalized)

@@ -26,6 +26,7 @@ def test_non_editable_install_adds_only_byzbn_to_site_packages():
     top_level = {p.parts[0] for p in dist.files if p.parts[0] != ".." and not p.parts[0].endswith(".dist-info")}
     top_level.discard("__pycache__")
     assert top_level == {"byzbn"}
+    assert not any(str(p).endswith(".npz") for p in dist.files)  # data/cifar10_subset.npz stays in the repository
     installed = {str(p) for p in dist.files}
     for sub in ("kernels", "attacks", "defenses", "cli", "runs", "grid", "grid/presets", "grid/claims", "data", "fl",
                 "nn", "schemes"):

@@ -1,4 +1,4 @@
-"""python -m byzbn.reproduce: both figures end to end, mean ± std over seeds, reuse of finished runs, errors.
+"""python -m byzbn.reproduce: both figures end to end, mean ± 95 % interval over seeds, reuse of finished runs, errors.
 
 The figures are presets of the sweep engine (byzbn.grid): their runs live in the store OUT/runs, one
 directory per distinct run (config.json: its identity; result.json once finished). Every reproduction
@@ -29,13 +29,13 @@ FIG4_LABELS = ("no attack", "no defense", "nnm∘median", "nnm∘trimmed-mean")
 def fig3_args(npz: Path, out: Path, *extra: str) -> list[str]:
     return ["fig3", "--dataset", f"npz:{npz}", "--out", str(out), "--clients", "4", "--width", "0.125",
             "--batch-size", "4", "--steps", "3", "--eval-every", "1", "--lr", "0.1", "--gammas", "1,0",
-            "--quiet", *extra]
+            "--quiet", "--seeds", "1", *extra]  # one seed unless a test asks for more (the presets run three)
 
 
 def fig4_args(npz: Path, out: Path, *extra: str) -> list[str]:
     return ["fig4", "--dataset", f"npz:{npz}", "--out", str(out), "--clients", "5", "--byzantine", "1",
             "--width", "0.125", "--batch-size", "4", "--steps", "3", "--eval-every", "1", "--lr", "0.1",
-            "--quiet", *extra]
+            "--quiet", "--seeds", "1", *extra]
 
 
 def run(argv, capsys):
@@ -114,7 +114,8 @@ def test_fig3_with_two_seeds_gives_mean_and_sample_std_of_the_runs(tiny_npz, tmp
             assert row["best_mean"] == pytest.approx(statistics.fmean(bests))
             assert row["best_std"] == pytest.approx(statistics.stdev(bests))
             line = next(line for line in table.splitlines() if line.startswith(f"| {scheme} |"))
-            assert f"{100 * statistics.fmean(finals):.1f} ± {100 * statistics.stdev(finals):.1f} / " in line
+            half = 12.7062047 * statistics.stdev(finals) / 2 ** 0.5  # the 95 % Student-t interval over 2 seeds
+            assert f"{100 * statistics.fmean(finals):.1f} ± {100 * half:.1f} / " in line
     assert "γ = 1 (IID)" in table and "γ = 0 (extreme non-IID)" in table
 
 
@@ -189,8 +190,9 @@ def test_an_interrupted_reproduction_continues_where_it_stopped(tiny_npz, tmp_pa
         return real_run_one(*args, **kwargs)
 
     monkeypatch.setattr(runner, "run_one", interrupt_at_the_sixth_run)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stopped:  # Ctrl-C: one line, exit status 130, the finished runs stored
         main(fig3_args(tiny_npz, out))
+    assert stopped.value.code == 130 and capsys.readouterr().err.startswith("interrupted (SIGINT): ")
     first_gamma = find_runs(out, heterogeneity="gamma:1.0")
     assert len(first_gamma) == 4 and all(entry is not None for _, entry in first_gamma.values())
     second_gamma = find_runs(out, heterogeneity="gamma:0.0")
@@ -300,13 +302,14 @@ def test_aggregate_and_curves_of_hand_made_runs():
     assert len(rows) == 1
     row = rows[0]
     assert row["seeds"] == [0, 1, 2] and row["diverged"] == 1 and row["wall_s"] == 4.5
-    assert row["final_mean"] == pytest.approx(0.3) and row["final_std"] == pytest.approx(0.1)
-    assert row["best_mean"] == pytest.approx(0.6) and row["best_std"] == pytest.approx(0.1)
+    # the diverged seed is counted, not averaged: the mean of seeds 0 and 2, t(0.975, 1) · std / √2
+    assert row["final_mean"] == pytest.approx(0.25) and row["final_std"] == pytest.approx(0.05 * 2 ** 0.5)
+    assert row["best_mean"] == pytest.approx(0.55) and row["final_half"] == pytest.approx(12.7062047 * 0.05)
     config = {"seeds": 3, "clients": 5, "byzantine": 1, "attack": "sign-flip", "attack_fields": "mean",
               "dataset": "digits", "steps": 3, "width": 0.125, "batch_size": 4, "gammas": [0.0],
               "schemes": ["fbn"], "defenses": "median", "pre": "nnm", "target": "stats"}
     table = format_tables("fig4", config, rows)
-    assert "| fbn | – | 30.0 ± 10.0 / 60.0 ± 10.0 (!1 diverged) | – |" in table
+    assert "| fbn | – | 25.0 ± 63.5 / 55.0 ± 63.5 (1/3 diverged) | – |" in table
 
     # A diverged run stops early: later steps average the seeds that reached them.
     records = [{"gamma": 0.0, "scheme": "fbn", "label": "no attack", "step": step, "test_acc": acc}
@@ -314,7 +317,7 @@ def test_aggregate_and_curves_of_hand_made_runs():
     steps, mean, std = curves(records)[(0.0, "fbn", "no attack")]
     assert steps == [0, 5, 10]
     assert mean == pytest.approx([0.1, 0.4, 0.6])
-    assert std == pytest.approx([0.0, 2 ** 0.5 * 0.1, 0.0])
+    assert std == pytest.approx([0.0, 12.7062047 * 0.1, 0.0])  # 95 % half-width: t(0.975, 1) · std / √2
 
 
 def test_a_run_killed_before_its_config_was_written_is_started_afresh(tiny_npz, tmp_path, capsys):
@@ -360,8 +363,9 @@ def test_the_presets_are_the_former_reproduce_cells(figure):
 
     args = build_parser().parse_args([figure])
     spec = figure_spec(args)
-    former = {"fig3": dict(schemes="centralized,naive,fixbn,fbn", gammas=[1.0, 0.5, 0.2, 0.0], seeds=1),
-              "fig4": dict(schemes="naive,fbn", gammas=[0.5, 0.0], seeds=1, attack_fields="mean", pre="nnm",
+    # the former cells at the presets' three seeds
+    former = {"fig3": dict(schemes="centralized,naive,fixbn,fbn", gammas=[1.0, 0.5, 0.2, 0.0], seeds=3),
+              "fig4": dict(schemes="naive,fbn", gammas=[0.5, 0.0], seeds=3, attack_fields="mean", pre="nnm",
                            defenses=["median", "trimmed-mean"])}[figure]
     cells = former_cells(figure, {**former})
     for cell in cells:

@@ -1,4 +1,4 @@
-"""geomed, centered-clipping and meamed (issue 10): float64 references written out here, ByzFL as an extra
+"""geomed, centered-clipping and meamed: float64 references written out here, ByzFL as an extra
 cross-check when it is installed, non-finite rows, purity, hypothesis bounds, the stateful centre and runs."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from byzbn.defenses import CenteredClipping, GeometricMedian, Meamed, make_defense
+from byzbn.defenses.iterative_rules import clipped_fraction
 from byzbn.defenses import chunked_rows
 from byzfl_aggregators import load_byzfl_aggregators
 from defense_runs import F_BYZ, parameter_count, run_attacked
@@ -21,20 +22,27 @@ NONFINITE = (float("nan"), float("inf"), float("-inf"))
 
 
 # ------------------------------------------------------------------ float64 references, written plainly
-def geomed_reference(x: torch.Tensor, nu: float = 0.1, T: int = 3) -> torch.Tensor:
-    """Smoothed Weiszfeld from 0 over the rows without NaN/±Inf (the others weigh 1/∞ = 0)."""
+def geomed_reference(x: torch.Tensor, nu: float = 0.1, T: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """Smoothed Weiszfeld from 0 over the rows without NaN/±Inf (the others weigh 1/∞ = 0), until a step
+    moves z by at most tol·‖z‖ (tol = 0: T steps)."""
     rows = [r for r in x.double() if bool(torch.isfinite(r).all())]
     z = torch.zeros(x.shape[1], dtype=torch.float64)
     for _ in range(T):
         betas = [1.0 / max(nu, float(torch.linalg.vector_norm(r - z))) for r in rows]
-        z = sum(b * r for b, r in zip(betas, rows)) / sum(betas)
+        z, previous = sum(b * r for b, r in zip(betas, rows)) / sum(betas), z
+        if tol > 0 and float(torch.linalg.vector_norm(z - previous)) <= tol * float(torch.linalg.vector_norm(z)):
+            break
     return z
 
 
-def cc_reference(x: torch.Tensor, center=None, L: int = 1, tau: float = 100.0) -> torch.Tensor:
-    """v ← v + (1/n) Σ clip_τ(x_i − v); a row with a NaN/±Inf adds 0."""
+def cc_reference(x: torch.Tensor, center=None, L: int = 1, tau="auto") -> torch.Tensor:
+    """v ← v + (1/n) Σ clip_τ(x_i − v); a row with a NaN/±Inf adds 0; tau="auto": twice the (lower) median
+    distance of the finite rows to the centre."""
     n, d = x.shape
     v = torch.zeros(d, dtype=torch.float64) if center is None else center.double().clone()
+    if tau == "auto":
+        norms = sorted(float(torch.linalg.vector_norm(r - v)) for r in x.double() if bool(torch.isfinite(r).all()))
+        tau = 2.0 * norms[(len(norms) - 1) // 2] if norms else 0.0
     for _ in range(L):
         step = torch.zeros(d, dtype=torch.float64)
         for r in x.double():
@@ -85,8 +93,9 @@ def data(n: int, d: int, dtype=torch.float32, seed: int = 0, scale: float = 3.0)
     return (scale * torch.randn(n, d, generator=g, dtype=torch.float64) + 1.0).to(dtype)
 
 
-CASES = [("geomed", {}), ("geomed", {"nu": 0.5, "T": 6}), ("geomed", {"T": 0}),
+CASES = [("geomed", {}), ("geomed", {"nu": 0.5, "T": 6}), ("geomed", {"T": 0}), ("geomed", {"T": 3, "tol": 0.0}),
          ("centered-clipping", {}), ("centered-clipping", {"L": 3, "tau": 2.0}), ("centered-clipping", {"tau": 0.0}),
+         ("centered-clipping", {"tau": 100.0}), ("centered-clipping", {"L": 2, "tau": "auto"}),
          ("centered-clipping", {"L": 0}), ("meamed", {})]
 
 
@@ -121,9 +130,9 @@ def test_the_byzfl_rules_agree_when_byzfl_is_installed():
     byzfl = import_byzfl()
     x = data(11, 300)
     f = 3
-    pairs = [(make_defense("geomed", f), byzfl.GeometricMedian()),
-             (make_defense("geomed", f, nu=0.5, T=7), byzfl.GeometricMedian(nu=0.5, T=7)),
-             (make_defense("centered-clipping", f), byzfl.CenteredClipping()),
+    pairs = [(make_defense("geomed", f, T=3, tol=0.0), byzfl.GeometricMedian()),
+             (make_defense("geomed", f, nu=0.5, T=7, tol=0.0), byzfl.GeometricMedian(nu=0.5, T=7)),
+             (make_defense("centered-clipping", f, tau=100.0), byzfl.CenteredClipping()),
              (make_defense("centered-clipping", f, L=3, tau=5.0), byzfl.CenteredClipping(L=3, tau=5.0)),
              (make_defense("meamed", f), byzfl.Meamed(f))]
     for ours, theirs in pairs:
@@ -301,3 +310,27 @@ def test_rules_aggregate_both_channels_in_dsgd_and_fedavg_runs(monkeypatch, name
     assert parameter_count(fed) in widths       # the gradient (FedAvg: model update) channel ...
     assert len(widths) >= 2                     # ... and the statistics channel (per-layer channel counts)
     assert fed.non_finite() is None
+
+
+# ------------------------------------------------------------------ settings that do what the names say
+def test_geomed_iterates_to_its_tolerance_where_three_steps_from_zero_do_not():
+    x = data(9, 20, torch.float64, scale=1.0) + 20.0  # far from z0 = 0
+    converged = make_defense("geomed", 2)(x)
+    long_run = make_defense("geomed", 2, T=2000, tol=0.0)(x)
+    torch.testing.assert_close(converged, long_run, rtol=1e-5, atol=0)
+    three = make_defense("geomed", 2, T=3, tol=0.0)(x)  # ByzFL's variant, still reachable
+    error = lambda z: float(torch.linalg.vector_norm(z - long_run))  # noqa: E731
+    assert error(three) > 100 * error(converged)
+
+
+def test_centered_clipping_reports_the_fraction_of_rows_it_clipped():
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [10.0, 10.0], [float("nan"), 0.0]])
+    # distances to 0: 0, 1, 1, 14.1 (the NaN row is not finite); auto: tau = 2 · 1 → only the far row
+    assert float(clipped_fraction(x)) == pytest.approx(0.25)
+    assert float(clipped_fraction(x, tau=100.0)) == 0.0 and float(clipped_fraction(x, tau=0.5)) == pytest.approx(0.75)
+    rule = CenteredClipping(1)
+    assert rule.last_clipped_fraction is None
+    rule(x)
+    assert float(rule.last_clipped_fraction) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="tau must be a number >= 0 or 'auto', got 'big'"):
+        CenteredClipping(1, tau="big")

@@ -48,11 +48,12 @@ def test_the_issue_example_is_48_cells_and_28_distinct_runs(tiny_npz):
 
 
 def test_without_byzantine_clients_no_attack_is_read(tiny_npz):
-    # f = 0: an attack has no one to submit for it, so the attack (and its parameters) do not split runs.
+    # f = 0: an attack has no one to submit for it, so the attack (and its parameters) do not split runs, and
+    # the undefended attack is the no-attack run.
     plan = plan_sweep(spec_of(tiny_config(tiny_npz, schemes="fbn", attack=["sign-flip", "alie"],
                                           defense=["median", "trimmed-mean"], byzantine=[0])), threads=1)
     assert len(plan.cells) == 12 and sorted(r.scenario for r in plan.runs.values()) == \
-        ["attack", "attack+defense", "attack+defense", "no-attack"]
+        ["attack+defense", "attack+defense", "no-attack"]
 
 
 def _cell_of_attack_eval(npz: Path, out: Path, options: dict) -> dict:
@@ -80,10 +81,11 @@ def test_each_cell_of_a_sweep_is_what_attack_eval_computes_for_it(tiny_npz, tmp_
 
     rows = list(csv.DictReader(open(tmp_path / "sweep" / "results.csv")))
     assert len(rows) == len(attacks) * 2 * 2 * 3
-    # f = 0: one run per scenario and defense; f = 1: no-attack, each attack, each attack x defense, and
+    # f = 0: the no-attack run (which answers the undefended attack too) and one per defense; f = 1:
+    # no-attack, each attack, each attack x defense, and
     # label-flip's own no-attack run: its Byzantine clients hold data, so its partition has n shares, not h.
     poisoning = "label-flip" in attacks
-    assert len({r["run"] for r in rows}) == 4 + (1 + len(attacks) + 2 * len(attacks)) + poisoning
+    assert len({r["run"] for r in rows}) == 3 + (1 + len(attacks) + 2 * len(attacks)) + poisoning
     for attack in attacks:
         for defense in ("median", "trimmed-mean"):
             for f in (0, 1):
@@ -102,31 +104,63 @@ def test_every_run_configuration_key_is_classified(tiny_npz):
     from byzbn.runs.config import validate_run
     from byzbn.grid.planner import run_namespace
 
-    config = validate_run(run_namespace(next(iter(plan.runs.values())).options)).config
+    config = validate_run(run_namespace(next(iter(plan.runs.values())).options)).config.to_json()
     assert set(config) <= RUN_KEYS | ATTACK_KEYS | DEFENSE_KEYS | NOT_COMPUTED, \
         sorted(set(config) - (RUN_KEYS | ATTACK_KEYS | DEFENSE_KEYS | NOT_COMPUTED))
 
 
-@pytest.mark.parametrize("name,cells,runs", [("fig3", 16, 16), ("fig4", 24, 16), ("breakdown", 360, 176),
-                                             ("heatmap", 1350, 498),
-                                             # 4 schemes x 3 E x 3 partitions x 2 momenta; centralized once
-                                             # per partition (it never trains with FedAvg)
-                                             ("fixbn", 72, 57),
-                                             # 2 seeds x 3 partitions x 2 E x 4 schemes; centralized per seed
-                                             # and partition
-                                             ("fedtan", 48, 42),
-                                             ("hbn", 48, 48),
-                                             # groupnorm under statistics attacks and fedtan under bn-adaptive
-                                             # answer no-attack only (byzbn.runs.config.validate_run: compared)
-                                             ("schemes-under-attack", 816, 348)])
-def test_the_presets_expand_to_their_grids(tmp_path, make_tiny_npz, name, cells, runs):
+def robustness_counts(fs, attacks, defenses, schemes, seeds=1, hets=1) -> tuple[int, int]:
+    """(cells, distinct runs) of a robustness grid whose every scheme can be attacked: 3 scenario cells per
+    point; per scheme, seed and heterogeneity one no-attack run and one defended run per defense at f = 0
+    (nobody attacks: the undefended attack cells are the no-attack run), and at each f > 0 one no-attack
+    run, one undefended run per attack and one defended run per attack × defense."""
+    cells = 3 * len(fs) * attacks * defenses * schemes * seeds * hets
+    per_scheme = (1 + defenses if 0 in fs else 0) + sum(1 + attacks + attacks * defenses for f in fs if f > 0)
+    return cells, per_scheme * schemes * seeds * hets
+
+
+# preset: (--set shrinking it to plan in seconds, (cells, runs) of the shrunk grid). The seeds and the
+# heterogeneity levels are independent copies of the grid, so the full preset has their product times more.
+PRESET_PLANS = {
+    "fig3": (["seed=[0]"], (4 * 4, 4 * 4)),  # 4 partitions x 4 schemes, no attack
+    "fig4": (["seed=[0]"], (2 * 2 * 2 * 3, 2 * 2 * (1 + 1 + 2))),  # 2 partitions x 2 defenses x 2 schemes x 3
+    # 4 schemes x 3 E x 3 partitions x 2 momenta; centralized once per partition (it never trains with FedAvg)
+    "fixbn": (["seed=[0]"], (72, 3 * (3 * 3 * 2 + 1))),
+    "fedtan": (["seed=[0]"], (3 * 2 * 4, 3 * (3 * 2 + 1))),  # centralized once per partition
+    "hbn": (["seed=[0]"], (2 * 3 * 4, 2 * 3 * 4)),
+    "breakdown": (["seed=[0]"], robustness_counts([0, 1, 2, 3, 4], 9, 2, 2)),
+    "heatmap": (["seed=[0]", 'heterogeneity=["gamma:0.0"]', 'attack=["sign-flip","bn-adaptive"]'],
+                robustness_counts([0, 1, 2, 3, 4], 2, 5, 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_PLANS))
+def test_the_presets_expand_to_their_grids(tmp_path, make_tiny_npz, name):
     from byzbn.cli.sweep_config import parse_toml
+    sets, (cells, runs) = PRESET_PLANS[name]
     npz = make_tiny_npz(tmp_path / "tiny.npz", train=800)  # hbn's batch of 64 needs 64 samples per client
-    config = apply_sets(parse_toml(preset_text(name), name), [f"dataset='npz:{npz}'", "width=0.0625"])
+    preset = parse_toml(preset_text(name), name)
+    assert preset["seed"] == [0, 1, 2]  # every preset runs three seeds: its intervals and paired differences
+    config = apply_sets(preset, [f"dataset='npz:{npz}'", "width=0.0625", *sets])
     plan = plan_sweep(spec_of(config, name), threads=1)
     assert (len(plan.cells), len(plan.runs)) == (cells, runs)
     assert set(preset_names()) >= {"fig3", "fig4", "breakdown", "heatmap", "fixbn", "fedtan", "hbn",
                                    "schemes-under-attack"}
+
+
+def test_without_byzantine_clients_every_attack_and_target_is_one_run_and_its_defended_twins(tiny_npz):
+    # f = 0: nobody submits for the attack, so the undefended attack cells are the no-attack run whatever the
+    # attack or target; the defended cells need one run per defense and target (the channels it aggregates).
+    config = tiny_config(tiny_npz, schemes=["naive", "fbn"], byzantine=[0], attack=["alie", "sign-flip", "foe"],
+                         target=["stats", "both"], defense=["median", "trimmed-mean"], pre="nnm")
+    plan = plan_sweep(spec_of(config), threads=1)
+    assert len(plan.cells) == 2 * 3 * 2 * 2 * 3
+    assert len(plan.runs) == 2 * (1 + 2 * 2)
+    for scheme in ("naive", "fbn"):
+        keys = {c.key for c in plan.cells if c.scheme == scheme and c.scenario in ("no-attack", "attack")}
+        assert len(keys) == 1
+        assert plan.runs[keys.pop()].scenario == "no-attack"
+    assert {run.scenario for run in plan.runs.values()} == {"no-attack", "attack+defense"}
 
 
 def test_options_a_scheme_never_reads_do_not_split_its_runs(tiny_npz):

@@ -91,7 +91,8 @@ def test_a_second_sweep_trains_nothing_and_writes_the_same_results(reference, ti
 
 
 def expected_worst_case(table: list[dict]) -> tuple[dict, dict]:
-    """Computed here from results.csv alone: {(scheme, defense, f): (worst mean %, std %)} and the no-attack means."""
+    """Computed here from results.csv alone: {(scheme, defense, f): (worst mean %, its 95 % interval's half-width
+    % over the two seeds: t(0.975, 1) · std / √2)} and the no-attack means."""
     per_attack, reference = {}, {}
     for r in table:
         f, acc = int(r["byzantine"]), float(r["final_acc"])
@@ -104,7 +105,7 @@ def expected_worst_case(table: list[dict]) -> tuple[dict, dict]:
     for key, attacks in per_attack.items():
         mean, _, values = min((statistics.fmean(seeds.values()), attack, list(seeds.values()))
                               for attack, seeds in attacks.items())
-        worst[key] = (100 * mean, 100 * statistics.stdev(values))
+        worst[key] = (100 * mean, 100 * 12.7062047 * statistics.stdev(values) / 2 ** 0.5)
     return worst, {k: 100 * statistics.fmean(v.values()) for k, v in reference.items()}
 
 
@@ -123,7 +124,9 @@ def test_heatmap_and_breakdown_show_the_worst_case_of_results_csv(reference):
         image = np.asarray(ax.images[0].get_array())
         assert image.shape == (1, 2)  # one heterogeneity x f in {1, 2}
         np.testing.assert_allclose(image[0], [worst[(scheme, defense, f)][0] for f in (1, 2)], rtol=0, atol=1e-9)
-        assert [t.get_text() for t in ax.texts] == [f"{worst[(scheme, defense, f)][0]:.0f}" for f in (1, 2)]
+        texts = [t.get_text() for t in ax.texts]  # per cell: the mean, then ± its interval's half-width
+        assert texts[::2] == [f"{worst[(scheme, defense, f)][0]:.0f}" for f in (1, 2)]
+        assert texts[1::2] == [f"±{worst[(scheme, defense, f)][1]:.0f}" for f in (1, 2)]
     fig = breakdown_figure(table)
     panels = {ax.get_title().split(" · ")[0]: ax for ax in fig.axes if ax.get_lines()}
     assert set(panels) == {"naive", "fbn"}
@@ -136,8 +139,8 @@ def test_heatmap_and_breakdown_show_the_worst_case_of_results_csv(reference):
                                        rtol=0, atol=1e-9)
     table_md = (reference / "table.md").read_text()
     for scheme in ("naive", "fbn"):
-        mean, std = worst[(scheme, "nnm∘median", 2)]
-        assert f"{mean:.1f} ± {std:.1f}" in table_md
+        mean, half = worst[(scheme, "nnm∘median", 2)]
+        assert f"{mean:.1f} ± {half:.1f}" in table_md
 
 
 def _sweep_subprocess(config: Path, out: Path, *extra: str, **popen) -> subprocess.Popen:
@@ -172,9 +175,14 @@ def test_a_sweep_killed_at_any_moment_and_rerun_gives_the_same_results(reference
     out = tmp_path / "killed"
     proc = _sweep_subprocess(config, out, "--jobs", "2", start_new_session=True)
 
+    def finished_runs() -> list:  # what the store counts as done: result.json with its checksum, agreeing
+        from byzbn.grid.store import read_result
+
+        return [d for d in (out / "runs").glob("*") if d.is_dir() and read_result(d, report=False) is not None]
+
     def resumable() -> bool:  # a run checkpointed but unfinished, after another finished
         runs = [d for d in (out / "runs").glob("*") if d.is_dir()]
-        done = [d for d in runs if (d / "result.json").is_file()]
+        done = finished_runs()
         return bool(done) and any(list((d / "checkpoints").glob("*.pt")) and d not in done for d in runs)
 
     deadline = time.monotonic() + 600
@@ -184,7 +192,7 @@ def test_a_sweep_killed_at_any_moment_and_rerun_gives_the_same_results(reference
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker processes, at once
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
-    finished = {d.name for d in (out / "runs").glob("*/result.json")}
+    finished = {d.name for d in finished_runs()}
     assert 0 < len(finished) < 10 and not (out / "report.md").exists()
 
     rerun = _sweep_subprocess(config, out, "--jobs", "2")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from byzbn.cli.errors import ArgumentError, HelpFormatter, OneLineParser, report
+from byzbn.cli.errors import ArgumentError, HelpFormatter, OneLineParser, report, run_writing
 from byzbn.cli.options import OUTPUT, add_run_options
 from byzbn.cli.plugins import load_plugins
 from byzbn.runs import execute, results
@@ -30,7 +30,8 @@ config.json, metrics.jsonl, summary.json, summary.csv, curves.png and checkpoint
 
 --plugin FILE_OR_MODULE (repeatable) is imported before the other arguments are checked: the rules,
 pre-aggregators, attacks and schemes it registers are selectable by name (--defense mine).
-Every bad argument prints one line to stderr and exits with status 2 before anything is written."""
+Every bad argument prints one line to stderr and exits with status 2 before anything is written; so does
+a run whose estimated peak memory exceeds the memory available (BYZBN_MAX_MEMORY_GB=G sets the limit)."""
 
 
 def build_parser() -> OneLineParser:
@@ -51,7 +52,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         plan = plan_from_args(build_parser().parse_args(argv))
     except ArgumentError as error:
         return report(PROG, error)
-    summary = execute.run_plan(plan)
+    code, summary = run_writing(PROG, [plan.out], lambda: execute.run_plan(plan))
+    if code:
+        return code
     print(results.format_table(summary, plan.schemes, plan.scenarios), end="")
     print(f"outputs in {plan.out}")
     return 0

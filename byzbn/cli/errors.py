@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
+from typing import Callable, Optional, Sequence, TypeVar
 
-from byzbn.runs.errors import ArgumentError, check, flag_errors, one_line
+from byzbn.runs.errors import ArgumentError, RunError, check, flag_errors, one_line
+from byzbn.runs.paths import removing_if_empty, write_failure
+
+T = TypeVar("T")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -46,4 +51,24 @@ def report(prog: str, error: ArgumentError) -> int:
     return 2
 
 
-__all__ = ["ArgumentError", "OneLineParser", "HelpFormatter", "check", "one_line", "flag_errors", "report"]
+def run_writing(prog: str, dirs: Sequence, work: Callable[[], T]) -> tuple[int, Optional[T]]:
+    """(0, work()) after the arguments were validated; (1, None) with one stderr line if writing failed.
+
+    What can still go wrong once writing started is reported on one line, exit status 1: the disk filling
+    or going away (OSError), or a run stopped by a RunError (a plugin breaking its contract mid-run). A
+    directory of `dirs` that this call created and the failure left empty is removed.
+    """
+    try:
+        with ExitStack() as stack:
+            for path in dirs:
+                stack.enter_context(removing_if_empty(path))
+            return 0, work()
+    except OSError as error:
+        print(f"{prog}: error: {write_failure(error)}", file=sys.stderr)
+    except RunError as error:
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+    return 1, None
+
+
+__all__ = ["ArgumentError", "OneLineParser", "HelpFormatter", "check", "one_line", "flag_errors", "report",
+           "run_writing"]

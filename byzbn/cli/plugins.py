@@ -1,10 +1,11 @@
-"""--plugin FILE_OR_MODULE: a user's own rules, attacks and schemes, selectable by name on every command.
+"""--plugin FILE_OR_MODULE: a user's own rules, attacks, schemes and models, selectable by name on every command.
 
 A plugin is a Python file (my_rules.py) or an importable module (mylab.rules) that registers what it
 defines when imported (byzbn.defenses.register_aggregator / register_pre_aggregator,
-byzbn.attacks.register_attack, byzbn.schemes.register_scheme; DESIGN.md §9). The commands read their
-choices (--attack, --defense, --pre, --schemes) from those registries, so the plugins are imported
-before the parser is even built: `load_plugins(argv)` picks the --plugin values out of argv first.
+byzbn.attacks.register_attack, byzbn.schemes.register_scheme, byzbn.nn.register_model; docs/PLUGINS.md).
+The commands read their choices (--attack, --defense, --pre, --schemes, --model) from those registries,
+so the plugins are imported before the parser is even built: `load_plugins(argv)` picks the --plugin
+values out of argv first.
 
 Importing is idempotent within a process (a file is executed once, a module is cached by Python), so
 a command called twice in one process does not register a name twice. A plugin that cannot be found or
@@ -28,7 +29,7 @@ from byzbn.cli.errors import ArgumentError, one_line
 FLAG = "--plugin"
 METAVAR = "FILE_OR_MODULE"
 HELP = ("import this Python file or dotted module first (repeatable), so that the aggregators, pre-aggregators, "
-        "attacks and schemes it registers can be selected by name")
+        "attacks, schemes and models it registers can be selected by name")
 
 # Files already executed in this process, by resolved path.
 _files: dict[Path, ModuleType] = {}

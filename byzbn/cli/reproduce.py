@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from byzbn.cli.errors import ArgumentError, HelpFormatter, OneLineParser, check, report
+from byzbn.cli.errors import ArgumentError, HelpFormatter, OneLineParser, check, report, run_writing
 from byzbn.cli.options import ATTACK_FLAGS, OUTPUT, add_run_options, aggregator_names, pre_aggregator_names
 from byzbn.cli.plugins import import_plugins, load_plugins
 from byzbn.cli.sweep_config import parse_toml, spec_from_config
@@ -25,6 +25,8 @@ from byzbn.grid.spec import SweepSpec
 from byzbn.grid.table import write_results
 from byzbn.reproduce_report import FIG4_FIXED_LABELS, defended_label, write_report
 from byzbn.runs.config import csv_items, parse_pre, pre_text
+from byzbn.runs.limits import read_json_argument
+from byzbn.runs.paths import check_writable_dir
 from byzbn.runs.results import atomic_write_text
 
 PROG = "python -m byzbn.reproduce"
@@ -45,7 +47,7 @@ Each distinct run is trained once (fig4's no-attack and undefended runs serve ev
 0 .. K-1, into the run store OUT/runs (one directory per run, named by a hash of its configuration);
 finished runs are read back, never retrained, and an interrupted reproduction continues from its
 checkpoints, so rerunning the same command finishes the job. --jobs K trains K runs at a time.
-With K >= 2 seeds, tables give mean ± sample std (ddof = 1) and plots shade mean ± std.
+With K >= 2 seeds, tables give the mean ± its 95 % Student-t interval over seeds and plots shade it.
 Writes reproduce.json, summary.json, results.csv, table.md and the PNGs into --out and prints the table.
 
 Every bad argument prints one line to stderr and exits with status 2 before anything is written."""
@@ -97,7 +99,7 @@ def _add_figure_options(p: argparse.ArgumentParser, figure: str) -> None:
     sweep.add_argument("--gammas", default=preset["sweep"]["gammas"],
                        help="comma-separated gamma-similarity levels in [0, 1] (1 = IID, 0 = extreme non-IID)")
     sweep.add_argument("--seeds", type=int, default=preset["sweep"]["seeds"],
-                       help="K: run seeds 0 .. K-1; tables and plots give mean ± std")
+                       help="K: run seeds 0 .. K-1; tables and plots give the mean ± its 95 %% interval")
     if figure == "fig4":
         sweep.add_argument("--defenses", default=preset["sweep"]["defenses"],
                            help=f"comma-separated robust rules applied after --pre, from "
@@ -156,10 +158,11 @@ def figure_spec(args: argparse.Namespace) -> SweepSpec:
 
 def _check_out(out: Path, config: dict) -> None:
     check(not out.exists() or out.is_dir(), f"--out {out} exists and is not a directory")
+    check_writable_dir(out, "--out")
     saved = out / "reproduce.json"
     if not saved.is_file():
         return
-    old = json.loads(saved.read_text())
+    old = read_json_argument(saved, f"--out {out}")
     check(old.get("figure") == config["figure"],
           f"--out {out} holds a {old.get('figure')} reproduction, not {config['figure']}: choose another --out")
     diff = sorted(k for k in set(old) | set(config) if k not in NOT_COMPARED and old.get(k) != config.get(k))
@@ -213,6 +216,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         args, out, config, plan, store = plan_reproduction(argv)
     except ArgumentError as error:
         return report(PROG, error)
+    return run_writing(PROG, [out], lambda: _reproduce(args, out, config, plan, store))[0]
+
+
+def _reproduce(args, out: Path, config: dict, plan, store) -> int:
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "reproduce.json", json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -1,15 +1,15 @@
 """The sweep command: `python -m byzbn.sweep CONFIG.toml --out DIR` (or --preset NAME), on byzbn.grid."""
 from __future__ import annotations
 
+import csv
 import functools
-import json
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from byzbn.cli.errors import ArgumentError, HelpFormatter, OneLineParser, check, report
+from byzbn.cli.errors import ArgumentError, HelpFormatter, OneLineParser, check, report, run_writing
 from byzbn.cli.plugins import FLAG as PLUGIN_FLAG
 from byzbn.cli.plugins import HELP as PLUGIN_HELP
 from byzbn.cli.plugins import METAVAR as PLUGIN_METAVAR
@@ -17,10 +17,13 @@ from byzbn.cli.plugins import import_plugins
 from byzbn.cli.sweep_config import apply_sets, parse_toml, plugins_of, read_config, set_keys, spec_from_config
 from byzbn.grid import engine
 from byzbn.grid.backends import BACKENDS, default_jobs
-from byzbn.grid.planner import dry_run_text
+from byzbn.grid.counting import dry_run_count
 from byzbn.grid.presets import preset_names, preset_text
 from byzbn.grid.report import write_docs_page
 from byzbn.grid.table import write_results
+from byzbn.runs.errors import one_line
+from byzbn.runs.limits import read_json_argument
+from byzbn.runs.paths import check_writable_dir
 
 PROG = "python -m byzbn.sweep"
 DESCRIPTION = """\
@@ -39,13 +42,18 @@ scenario cells, answered by 28 distinct runs):
 
 Each distinct run is trained once: the no-attack scenario does not depend on the attack or the defense,
 the undefended attack not on the defense. Runs live in the store (--store, default OUT/runs), one
-directory per run named by a hash of its configuration and the byzbn version: finished runs are read
-back, never retrained, and a killed sweep rerun with the same command resumes each run from its
-checkpoint to the same results. On CPU the results do not depend on --jobs or --backend (every run
-trains on --threads intra-op threads).
+directory per run named by a hash of its configuration, the content of its data file and plugins, and
+the byzbn version: finished runs are read back, never retrained (a result that fails its checksum is
+reported and trained again), and a killed sweep rerun with the same command resumes each run from its
+checkpoint to the same results. Sweeps sharing a store split its runs (a lock per run). Ctrl-C or
+SIGTERM stops the workers, keeping the finished runs. On CPU the results do not depend on --jobs or
+--backend (every run trains on --threads intra-op threads).
 
 Writes to --out: results.csv (one row per scenario cell), heatmap.png and breakdown.png (worst case
 over attacks per scheme x defense, against f and heterogeneity), table.md, report.md and sweep.json.
+Every number is a mean over the grid's seeds with its 95 % Student-t interval; a diverged run counts as
+chance accuracy in a worst case. Without Byzantine clients (f = 0) the undefended attack cells are the
+no-attack run. --redraw regenerates every output (and --docs) from results.csv and sweep.json alone.
 Every bad argument or config value prints one line to stderr and exits with status 2, writing nothing."""
 
 
@@ -64,7 +72,8 @@ def build_parser() -> OneLineParser:
     out.add_argument("--out", default=None, help="output directory (default: runs/sweep-<config or preset name>)")
     out.add_argument("--store", default=None, help="the run store, shareable between sweeps (default: OUT/runs)")
     out.add_argument("--tolerance", type=float, default=0.1,
-                     help="breakdown point: the worst case may fall this much accuracy below no-attack")
+                     help="breakdown point: the upper end of the 95 %% interval of the paired drop from no-attack to the "
+                          "worst case may reach this much accuracy")
     out.add_argument("--docs", default=None, metavar="PAGE",
                      help="also write the report as a docs page (its images in PAGE's folder, e.g. docs/sweep/)")
     out.add_argument("--redraw", action="store_true",
@@ -110,8 +119,12 @@ def _check_args(args) -> None:
             raise ArgumentError("--backend ray needs Ray: pip install 'byzbn[sweep]'") from error
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path, store: Optional[Path], writing: bool) -> None:
     check(not out.exists() or out.is_dir(), f"--out {out} exists and is not a directory")
+    if writing:  # --out and --store can be made and written, before either is created
+        check_writable_dir(out, "--out")
+        if store is not None:
+            check_writable_dir(store, "--store")
     if out.is_dir() and any(out.iterdir()):
         check((out / engine.RECORD).is_file() or (out / "runs").is_dir(),
               f"--out {out} holds files but no sweep ({engine.RECORD}): choose another directory")
@@ -125,8 +138,12 @@ def _redraw(args) -> int:
     out = Path(args.out)
     check((out / "results.csv").is_file() and (out / engine.RECORD).is_file(),
           f"--out {out} holds no finished sweep (results.csv and {engine.RECORD})")
-    record = json.loads((out / engine.RECORD).read_text(encoding="utf-8"))
-    rows = engine.redraw(out, record, args.tolerance)
+    record = read_json_argument(out / engine.RECORD, "--redraw")
+    try:
+        rows = engine.redraw(out, record, args.tolerance)
+    except (ValueError, KeyError, TypeError, csv.Error) as error:
+        raise ArgumentError(f"--redraw: {out} holds a damaged sweep (results.csv or {engine.RECORD}: "
+                            f"{type(error).__name__}: {one_line(error)})") from error
     if args.docs:
         write_docs_page(Path(args.docs), out, rows, record, args.tolerance)
     print(f"redrew {out}" + (f" and {args.docs}" if args.docs else ""))
@@ -146,24 +163,36 @@ def main(argv: Optional[list[str]] = None) -> int:
         import_plugins(plugins)
         spec = spec_from_config(config, name, where, plugins, from_set=set_keys(args.set))
         out = Path(args.out) if args.out is not None else Path("runs") / f"sweep-{name}"
-        _check_out(out)
+        _check_out(out, Path(args.store) if args.store else None, writing=not args.dry_run)
+        if args.docs and not args.dry_run:
+            check_writable_dir(Path(args.docs).parent, "--docs")
+        if args.dry_run:
+            print(dry_run_count(spec, args.threads, Path(args.store) if args.store else out / "runs"), end="")
+            return 0
         plan, store = engine.prepare(spec, args.threads, Path(args.store) if args.store else out / "runs")
     except ArgumentError as error:
         return report(PROG, error)
-    if args.dry_run:
-        print(dry_run_text(plan, store), end="")
-        return 0
     jobs = args.jobs or default_jobs(args.threads, on_gpu="cuda" in plan.devices)
     execution = engine.Execution(args.backend, jobs, args.threads, args.ray_address,
                                  functools.partial(import_plugins, plugins) if plugins else None)
-    out.mkdir(parents=True, exist_ok=True)
-    partial = lambda outcomes: write_results(out / "results.csv", engine.rows_of(plan, store, outcomes))  # noqa: E731
-    outcomes, trained = engine.train(plan, store, execution, quiet=args.quiet, on_outcome=partial)
-    command = " ".join(shlex.quote(a) for a in [*PROG.split(), *argv])
-    record = engine.record_of(plan, store, outcomes, execution, trained, command, time.perf_counter() - start)
-    rows = engine.write_outputs(out, plan, store, outcomes, record, args.tolerance)
-    if args.docs:
-        write_docs_page(Path(args.docs), out, rows, record, args.tolerance)
+
+    def partial(outcomes: dict) -> None:  # results.csv so far, rewritten as each run finishes
+        write_results(out / "results.csv", engine.rows_of(plan, store, outcomes))
+
+    def work() -> tuple[dict, int]:
+        out.mkdir(parents=True, exist_ok=True)
+        outcomes, trained = engine.train(plan, store, execution, quiet=args.quiet, on_outcome=partial)
+        command = " ".join(shlex.quote(a) for a in [*PROG.split(), *argv])
+        record = engine.record_of(plan, store, outcomes, execution, trained, command, time.perf_counter() - start)
+        rows = engine.write_outputs(out, plan, store, outcomes, record, args.tolerance)
+        if args.docs:
+            write_docs_page(Path(args.docs), out, rows, record, args.tolerance)
+        return record, trained
+
+    code, done = run_writing(PROG, [out, store.root], work)
+    if code:
+        return code
+    record, trained = done
     if not args.quiet:
         print((out / "table.md").read_text(encoding="utf-8"), end="")
     c = record["counts"]

@@ -8,8 +8,12 @@ shared table, byzbn.cli.options), so types and choices are attack_eval's. Partic
     schemes       always an axis of single schemes: "naive,fbn" or ["naive", "fbn"]
     pre           a chain "nnm" / "nnm,bucketing" / "none"; a list of chains is an axis
     attack_param  "z=1.5" (fixed); a list is an axis whose values are "K=V" or lists of "K=V"
+    defense_param, pre_param, scheme_param   likewise ("groups=5", "bucketing.s=2", "fixbn.freeze=0.3"); a
+                  scheme_param for a scheme of the schemes axis reaches that scheme's cells only
     download, reset_client_momentum   booleans (true / false)
     plugin        a file or module, or a list of them: imported before anything else, never an axis
+    rung          a partial grid: an array of tables ([[rung]] in TOML), each a product of its own values
+                  (scalars or lists) over the other keys' values; the grid is every point of any rung, once
 
 Every problem is an ArgumentError naming the key, reported by the command on one line (exit 2).
 """
@@ -31,6 +35,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package (a dep
 # Run options that are the command's own flags, not config keys.
 COMMAND_FLAGS = ("quiet",)
 PLUGIN_KEY = "plugin"
+RUNG_KEY = "rung"
 
 
 def read_config(path: str) -> dict:
@@ -60,8 +65,12 @@ def apply_sets(config: dict, sets: list[str]) -> dict:
             value = tomllib.loads(f"value = {text.strip()}")["value"]
         except tomllib.TOMLDecodeError:
             value = text.strip()
-        for spelling in {key, key.replace("-", "_"), key.replace("_", "-")}:
+        spellings = {key, key.replace("-", "_"), key.replace("_", "-")}
+        for spelling in spellings:
             config.pop(spelling, None)  # --set replaces the key whichever way the file spells it
+        if isinstance(config.get(RUNG_KEY), list):  # ... and in every rung of a ladder
+            config[RUNG_KEY] = [{k: v for k, v in rung.items() if k not in spellings} if isinstance(rung, dict)
+                                else rung for rung in config[RUNG_KEY]]
         config[key] = value
     return config
 
@@ -130,32 +139,72 @@ def spec_from_config(config: dict, name: str, where: str, plugins: list[str], fr
     table = {o.dest: o for o in run_options() if o.dest not in COMMAND_FLAGS}
     fixed = {k: v for k, v in run_defaults().items() if k not in COMMAND_FLAGS}
     axes: dict = {}
-    for dest, value in _normalized(config, where).items():
+    normalized = _normalized(config, where)
+    rungs = normalized.pop(RUNG_KEY, None)
+    for dest, value in normalized.items():
         if dest == PLUGIN_KEY:
             continue
         source = "--set" if dest in from_set else where
-        if dest not in table:
-            valid = sorted(k for k in table if k != PLUGIN_KEY) + [PLUGIN_KEY]
-            raise ArgumentError(f"{source}: unknown key {dest!r}: valid keys are attack_eval's long options {valid}")
+        _check_key(table, dest, source)
         try:
-            if dest == "schemes":
-                axes[dest] = tuple(_schemes(value))
-            elif isinstance(value, list):
-                check(bool(value), "is an empty list (a list is an axis: give its values)")
-                axes[dest] = tuple(_typed(table[dest], v) for v in value)
+            if dest == "schemes" or isinstance(value, list):
+                axes[dest] = _axis(table[dest], value)
             else:
                 fixed[dest] = _typed(table[dest], value)
         except ArgumentError as error:
             raise ArgumentError(f"{source}: key {dest!r}: {one_line(error)}") from error
-        values = axes.get(dest, ())
-        duplicate = next((v for i, v in enumerate(values) if v in values[:i]), None)
-        check(duplicate is None, f"{source}: key {dest!r} lists {duplicate!r} twice")
+        _check_distinct(axes.get(dest, ()), dest, source)
     if "schemes" not in axes:
         axes["schemes"] = tuple(_schemes(fixed["schemes"]))
+    ladder = () if rungs is None else _rungs(rungs, table, axes, fixed, where)
+    if ladder:
+        axes = {k: tuple(dict.fromkeys(v for rung in ladder for v in rung[k])) for k in ladder[0]}
     for dest in axes:
         fixed.pop(dest, None)
     fixed[PLUGIN_KEY] = list(plugins)
-    return SweepSpec(axes, fixed, name=name)
+    return SweepSpec(axes, fixed, name=name, rungs=ladder)
 
 
-__all__ = ["COMMAND_FLAGS", "read_config", "parse_toml", "apply_sets", "plugins_of", "set_keys", "spec_from_config"]
+def _check_key(table: dict, dest: str, source: str) -> None:
+    if dest not in table:
+        valid = sorted(k for k in table if k != PLUGIN_KEY) + [PLUGIN_KEY, RUNG_KEY]
+        raise ArgumentError(f"{source}: unknown key {dest!r}: valid keys are attack_eval's long options {valid}")
+
+
+def _axis(option: Option, value: Any) -> tuple:
+    """The values of one axis (a list, or the schemes' one value), each typed, none twice."""
+    if option.dest == "schemes":
+        values = tuple(_schemes(value))
+    else:
+        check(bool(value), "is an empty list (a list is an axis: give its values)")
+        values = tuple(_typed(option, v) for v in value)
+    return values
+
+
+def _check_distinct(values: tuple, dest: str, source: str) -> None:
+    duplicate = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    check(duplicate is None, f"{source}: key {dest!r} lists {duplicate!r} twice")
+
+
+def _rungs(rungs: Any, table: dict, axes: dict, fixed: dict, where: str) -> tuple:
+    """Each [[rung]] as a full product over every key any rung or the base grid varies."""
+    check(isinstance(rungs, list) and rungs and all(isinstance(r, dict) for r in rungs),
+          f"{where}: key 'rung' must be an array of tables ([[rung]]), each giving the values of that rung")
+    typed = []
+    for i, rung in enumerate(rungs, 1):
+        source = f"{where} rung {i}"
+        values = {}
+        for dest, value in _normalized(rung, source).items():
+            check(dest not in (PLUGIN_KEY, RUNG_KEY), f"{source}: key {dest!r} cannot vary by rung")
+            _check_key(table, dest, source)
+            try:
+                values[dest] = _axis(table[dest], value if isinstance(value, list) or dest == "schemes" else [value])
+            except ArgumentError as error:
+                raise ArgumentError(f"{source}: key {dest!r}: {one_line(error)}") from error
+            _check_distinct(values[dest], dest, source)
+        typed.append(values)
+    keys = list(dict.fromkeys([*axes, *(k for rung in typed for k in rung)]))
+    return tuple({k: rung.get(k, axes.get(k, (fixed.get(k),))) for k in keys} for rung in typed)
+
+
+__all__ = ["COMMAND_FLAGS", "RUNG_KEY", "read_config", "parse_toml", "apply_sets", "plugins_of", "set_keys", "spec_from_config"]

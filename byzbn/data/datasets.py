@@ -6,11 +6,13 @@ no test information leaks into preprocessing. Labels are int64 in [0, num_classe
 """
 from __future__ import annotations
 
-import functools
 import gzip
 import importlib.util
+import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -18,6 +20,9 @@ import torch
 DATASET_NAMES = ("mnist5k", "digits", "cifar10")  # plus "npz:PATH"
 NPZ_PREFIX = "npz:"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# The largest label count an npz may carry: the classifier's last layer is [hidden, classes], and labels
+# up to 10^6 would build a model of millions of outputs without a word.
+MAX_CLASSES = 10_000
 
 # mnist5k and digits ship without a test split; this constant seed fixes theirs for every run and
 # every experiment seed, so results across seeds are measured on the same test images.
@@ -68,12 +73,42 @@ def load_dataset(spec: str, data_root: str | None = None, download: bool = False
     - digits: scikit-learn's 8x8 digits (1,797 images), fixed stratified 80/20 split, [N,1,8,8].
     - cifar10: torchvision CIFAR-10 under `data_root` (required); `download` fetches it there.
     - npz:PATH: uint8 images under keys x_train, x_test (NCHW, NHWC with 1 or 3 channels, or [N,H,W])
-      and integer labels under y_train, y_test.
+      and integer labels under y_train, y_test (at most MAX_CLASSES = 10,000 classes; a non-empty test split).
 
-    Built-in datasets are cached in-process; the returned tensors are shared and must not be mutated.
+    Loads are cached in-process (the last CACHED_DATASETS, a file's by its size and modification time,
+    so a file rewritten in place is read again): the returned tensors are shared and must not be mutated.
     """
     if not isinstance(spec, str):
         raise ValueError(f"spec must be a str, got {type(spec).__name__}")
+    key = _cache_key(spec, data_root)
+    if key is not None and key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    dataset = _load(spec, data_root, download)
+    if key is not None:
+        _CACHE[key] = dataset
+        while len(_CACHE) > CACHED_DATASETS:
+            _CACHE.popitem(last=False)
+    return dataset
+
+
+# The one cache of loaded datasets: every command, sweep cell and Flower client loads through load_dataset.
+CACHED_DATASETS = 4
+_CACHE: "OrderedDict[tuple, Dataset]" = OrderedDict()
+
+
+def _cache_key(spec: str, data_root) -> Optional[tuple]:
+    """What identifies a load: the name (and data_root), or the file with its size and modification time."""
+    if spec.startswith(NPZ_PREFIX):
+        try:
+            state = os.stat(spec[len(NPZ_PREFIX):])
+        except OSError:
+            return None  # _load reports it
+        return spec, os.path.realpath(spec[len(NPZ_PREFIX):]), state.st_size, state.st_mtime_ns
+    return (spec, str(data_root)) if spec == "cifar10" else (spec,)
+
+
+def _load(spec: str, data_root, download: bool) -> Dataset:
     if spec.startswith(NPZ_PREFIX):
         path = spec[len(NPZ_PREFIX):]
         if not path:
@@ -90,7 +125,6 @@ def load_dataset(spec: str, data_root: str | None = None, download: bool = False
     return _load_embedded(spec)
 
 
-@functools.lru_cache(maxsize=None)
 def _load_embedded(name: str) -> Dataset:
     if name == "mnist5k":
         images, labels = _read_mnist5k()
@@ -168,7 +202,6 @@ def _standardized(name, x_train, y_train, x_test, y_test, scale: float, num_clas
     )
 
 
-@functools.lru_cache(maxsize=4)
 def _load_cifar10(data_root: str, download: bool) -> Dataset:
     from byzbn.data._torchvision import import_torchvision
 
@@ -185,7 +218,11 @@ def _load_cifar10(data_root: str, download: bool) -> Dataset:
 
 def _load_npz(path: str) -> Dataset:
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file: one array, not the four splits
+            raise ValueError(f"dataset file {path} is a single array (.npy), not an .npz archive of "
+                             f"{list(NPZ_KEYS)}")
+        with loaded as archive:
             missing = [key for key in NPZ_KEYS if key not in archive.files]
             if missing:
                 raise ValueError(f"dataset file {path} lacks keys {missing}: it needs {list(NPZ_KEYS)}")
@@ -199,7 +236,12 @@ def _load_npz(path: str) -> Dataset:
     if x_train.shape[1:] != x_test.shape[1:]:
         raise ValueError(f"x_train and x_test in {path} must share [C, H, W], got {x_train.shape[1:]} "
                          f"and {x_test.shape[1:]}")
+    if len(x_test) == 0:
+        raise ValueError(f"dataset file {path} has an empty test split (x_test, y_test): nothing to evaluate on")
     num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+    if num_classes > MAX_CLASSES:
+        raise ValueError(f"dataset file {path} has labels up to {num_classes - 1}: at most {MAX_CLASSES:,} classes "
+                         f"(labels 0..{MAX_CLASSES - 1}) are supported")
     return _standardized(f"npz:{path}", x_train, y_train, x_test, y_test, 255.0, num_classes)
 
 

@@ -5,9 +5,10 @@ One DSGD step reads top to bottom: Federation.step (byzbn.fl.dsgd) → the schem
 """
 from byzbn.fl.dsgd import Federation
 from byzbn.fl.fedavg import LOCAL_ENGINES, FedAvgFederation
+from byzbn.fl.federation import FederationBase
 from byzbn.fl.passes import ENGINES, PER_CLIENT_GRADS, PassResult, choose_pass
 from byzbn.fl.scenario import SCENARIOS, TARGETS, Scenario, make_scenario
 from byzbn.fl.seeds import step_seed
 
-__all__ = ["Federation", "LOCAL_ENGINES", "FedAvgFederation", "ENGINES", "PER_CLIENT_GRADS", "PassResult",
+__all__ = ["Federation", "FederationBase", "LOCAL_ENGINES", "FedAvgFederation", "ENGINES", "PER_CLIENT_GRADS", "PassResult",
            "choose_pass", "SCENARIOS", "TARGETS", "Scenario", "make_scenario", "step_seed"]

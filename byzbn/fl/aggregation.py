@@ -1,71 +1,68 @@
-"""The server's aggregation of one channel over a run: stateful rules remember, random ones draw per step.
+"""A run's two channels at one step: the scenario's attack and rule, the run's generator, the carried state.
 
-A defense is pure: called twice on the same rows it gives the same aggregate. Two kinds of rule need
-more from the run, and get it here (DESIGN.md §9):
+Every engine — DSGD, FedAvg (byzbn.fl) and the Flower strategy (byzbn.flower) — aggregates through
+these two functions, which call byzbn.aggregation.attack_then_aggregate, so that a stateful rule
+(centered clipping) and a random one (bucketing) behave the same in all of them:
 
-- a stateful stage (`stateful = True`: centered clipping) starts from the previous aggregate of the
-  same channel. A step may aggregate a channel several times (the statistics' two phases, means then
-  variances; FedTAN's per layer): call k of a step starts from call k of the step before, zeros on the
-  first step. Attacks that optimise against the defense see it bound to the first call's centre and
-  their trial calls are never remembered;
-- a random stage (`with_generator`: bucketing) draws from the run's generator of that step and channel.
+- `aggregate_updates`: the gradient channel (DSGD's momentums, FedAvg's and Flower's updates Δθ_i);
+- `stats_channel`: the statistics channel handed to the scheme (byzbn.schemes.StatsChannel), whose
+  merges advance the state.
 
-Plain defenses pass through untouched. What is remembered is part of the run's state (checkpointed).
+A random rule draws from the generator (run seed, step, channel) of byzbn.fl.seeds.AGGREGATION_STREAMS;
+the state (AggregationState) is the caller's: it starts each step from `state.next_step()` and keeps
+what the functions return (a checkpoint holds it). An AttackContext with f = 0 means the rows are all
+as the clients submitted them (a server that cannot tell the Byzantine clients apart): nothing is forged.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
-Aggregator = Callable[[torch.Tensor], torch.Tensor]
+from byzbn.aggregation import AggregationState, attack_then_aggregate, honest_aggregate
+from byzbn.attacks import AttackContext
+from byzbn.fl import seeds
+from byzbn.fl.scenario import Scenario
+from byzbn.schemes import StatsChannel
+
+CHANNELS = ("stats", "grads")
 
 
-class ChannelAggregation:
-    """One channel's defense over a run, with the previous aggregates a stateful stage starts from."""
-
-    def __init__(self, defense: Aggregator):
-        self.defense = defense
-        self.stateful = bool(getattr(defense, "stateful", False))
-        self.randomized = bool(getattr(defense, "randomized", False))
-        self.previous: list[torch.Tensor] = []
-
-    def for_step(self, generator: torch.Generator) -> tuple[Aggregator, Aggregator]:
-        """(what the server aggregates with at this step, what the attack optimises against)."""
-        defense = self.defense.with_generator(generator) if self.randomized else self.defense
-        if not self.stateful:
-            return defense, defense
-        return _Remembering(self, defense), defense.with_center(self._center(0))
-
-    def _center(self, k: int) -> Optional[torch.Tensor]:
-        return self.previous[k] if k < len(self.previous) else None
-
-    def state_dict(self) -> list[torch.Tensor]:
-        return list(self.previous)
-
-    def load_state_dict(self, state: list[torch.Tensor]) -> None:
-        self.previous = list(state)
+def channel_generator(seed: int, step: int, channel: str) -> torch.Generator:
+    """The generator a random rule of `channel` draws from at `step` (one per step, shared by its calls)."""
+    return seeds.generator(seed, step, seeds.AGGREGATION_STREAMS[channel])
 
 
-class _Remembering:
-    """The step's aggregator of a stateful defense: call k starts from the k-th aggregate of the last step."""
+def aggregate_updates(scenario: Scenario, state: AggregationState, honest: torch.Tensor, context: AttackContext,
+                      *, seed: int, own: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, AggregationState]:
+    """(the server's update [d], the new state) from the h honest rows [h, d] of the gradient channel.
 
-    def __init__(self, owner: ChannelAggregation, defense):
-        self.owner, self.defense, self.calls = owner, defense, 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        k, self.calls = self.calls, self.calls + 1
-        out = self.defense.with_center(self.owner._center(k))(x)
-        previous = self.owner.previous
-        remembered = out.detach().clone()
-        if k < len(previous):
-            previous[k] = remembered
-        else:
-            previous.append(remembered)
-        return out
-
-    def __repr__(self) -> str:
-        return repr(self.defense)
+    When the scenario leaves the channel alone the Byzantine clients send the no-op honest mean, which
+    leaves the mean of the honest rows: that mean, without forging rows. own: the Byzantine clients'
+    own rows [f, d] under a data-poisoning attack.
+    """
+    if not scenario.attacks("grads"):
+        return honest.mean(dim=0), state
+    attack = scenario.channel_attack("grads") if context.f else None
+    return attack_then_aggregate(honest, attack, scenario.channel_aggregator("grads"), state,
+                                 channel_generator(seed, context.step, "grads"), context, own=own)
 
 
-__all__ = ["ChannelAggregation"]
+def honest_update(scenario: Scenario, state: AggregationState, honest: torch.Tensor, context: AttackContext, *,
+                  seed: int) -> torch.Tensor:
+    """The update aggregate_updates would return without the Byzantine rows' attack (the diagnostics' reference):
+    the same rule on the honest and no-op rows, drawing what the server draws, advancing nothing."""
+    if not scenario.attacks("grads"):
+        return honest.detach().mean(dim=0)
+    return honest_aggregate(honest, scenario.channel_aggregator("grads"), state,
+                            channel_generator(seed, context.step, "grads"), context)
+
+
+def stats_channel(scenario: Scenario, state: AggregationState, context: AttackContext, *, seed: int) -> StatsChannel:
+    """The statistics channel of the step context.step, starting from `state` (read channel.state afterwards)."""
+    attack = scenario.channel_attack("stats") if context.f else None
+    return StatsChannel(attack, scenario.fields, scenario.channel_aggregator("stats"), context, state,
+                        channel_generator(seed, context.step, "stats"), honest=scenario.n - scenario.f)
+
+
+__all__ = ["CHANNELS", "channel_generator", "aggregate_updates", "honest_update", "stats_channel"]

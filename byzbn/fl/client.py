@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from byzbn.fl import seeds
-from byzbn.nn import BNPass, BNStats, bn_pass, federated_bn_layers
+from byzbn.nn import BNPass, BNStats, run_bn_pass, federated_bn_layers
 
 
 def client_batch_indices(indices: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -69,7 +69,7 @@ def local_steps(model: nn.Module, theta: torch.Tensor, momentum: torch.Tensor,
         x, y = batches[e]
         load_flat_parameters(model, theta)
         with seeds.seeded_torch_rng(seeds.step_seed(seed, t, seeds.CLIENT_DROPOUT_STREAM + client), x.device):
-            with bn_pass(layers, specs[e].replace(clients=1, backend="kernel")) as record:
+            with run_bn_pass(layers, specs[e].replace(clients=1, backend="kernel")) as record:
                 loss = F.cross_entropy(model(x), y)
             grads = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
         with torch.no_grad():

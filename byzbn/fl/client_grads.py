@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from byzbn.nn import BNPass, FederatedBatchNorm, HybridBatchNorm, PassRecord, bn_pass
+from byzbn.nn import BNPass, FederatedBatchNorm, HybridBatchNorm, PassRecord, run_bn_pass
 
 SUPPORTED = (nn.Linear, nn.Conv2d, FederatedBatchNorm)
 
@@ -97,7 +97,7 @@ def client_split_grads(model: nn.Module, params: list[nn.Parameter], loss_fn: Ca
     layers = [m for m in model.modules() if isinstance(m, FederatedBatchNorm)]
     handles = [m.register_forward_hook(keep) for m in owners]
     try:
-        with bn_pass(layers, spec.replace(keep_normalized=True)) as record:
+        with run_bn_pass(layers, spec.replace(keep_normalized=True)) as record:
             loss = loss_fn()
     finally:
         for handle in handles:

@@ -32,22 +32,20 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from byzbn._checks import check_int
 from byzbn._threads import one_cpu_thread
-from byzbn.attacks import byzantine_rows
 from byzbn.fl import seeds
 from byzbn.fl.client import flat_parameters, load_flat_parameters, local_steps
-from byzbn.fl.dsgd import Federation
-from byzbn.fl.passes import concat_rows, split_pass
-from byzbn.nn import BNStats, LayerOutput, bn_pass
+from byzbn.fl.federation import FederationBase
+from byzbn.fl.passes import concat_rows, split_pass, vmap_client_losses
+from byzbn.nn import BNStats
 
 LOCAL_ENGINES = ("auto", "vmap", "loop")
 
 
-class FedAvgFederation(Federation):
-    """A Federation whose step() is one FedAvg round of `local_steps` local steps per client."""
+class FedAvgFederation(FederationBase):
+    """One run of FedAvg: step() is one round of `local_steps` local steps per client."""
 
     def __init__(self, model, scheme, scenario, x_train, y_train, client_indices, *, batch_size: int, lr: float,
                  momentum: float = 0.9, seed: int = 0, local_steps: int = 5, reset_client_momentum: bool = False,
@@ -58,7 +56,7 @@ class FedAvgFederation(Federation):
         if local_engine not in LOCAL_ENGINES:
             raise ValueError(f"local_engine must be one of {list(LOCAL_ENGINES)}, got {local_engine!r}")
         super().__init__(model, scheme, scenario, x_train, y_train, client_indices, batch_size=batch_size, lr=lr,
-                         momentum=momentum, seed=seed, per_client_grads="loop")
+                         momentum=momentum, seed=seed)
         self.local_steps = check_int("local_steps", local_steps, 1)
         self.reset_client_momentum = bool(reset_client_momentum)
         if local_engine == "auto":
@@ -67,13 +65,6 @@ class FedAvgFederation(Federation):
         self.names = [name for name, _ in model.named_parameters()]
         self.sizes = [p.numel() for p in self.params]
         self.momentum = torch.zeros(self.clients, sum(self.sizes), device=self.params[0].device, dtype=self.params[0].dtype)
-
-    # ---------------------------------------------------------------- flat parameters
-    def _flat_params(self) -> torch.Tensor:
-        return flat_parameters(self.model)
-
-    def _load_flat(self, flat: torch.Tensor) -> None:
-        load_flat_parameters(self.model, flat)
 
     def _local_update(self, theta: torch.Tensor, grads: torch.Tensor, rows=slice(None)) -> None:
         with torch.no_grad():
@@ -101,51 +92,38 @@ class FedAvgFederation(Federation):
 
     def _vmap_steps(self, theta, batches, specs, r, first, recorded, losses) -> None:
         """All clients at once per local step: parameters stacked per client, one vmap'd forward, one backward."""
-        from torch.func import functional_call, vmap
-
         offsets = torch.tensor([0] + self.sizes).cumsum(0).tolist()
-        buffers = dict(self.model.named_buffers())
         for e in range(first, self.local_steps):
             t = r * self.local_steps + e
             x, y = batches[e]
-            spec = specs[e].replace(clients=1, backend="torch")  # the kernel is not vmappable
             flat = theta.detach().clone().requires_grad_(True)
             stacked = {name: flat[:, a:b].view(self.clients, *p.shape)
                        for name, p, a, b in zip(self.names, self.params, offsets, offsets[1:])}
-            counts: list[int] = []
-
-            def client_loss(p, xb, yb):
-                with bn_pass(self.layers, spec) as record:
-                    loss = F.cross_entropy(functional_call(self.model, (p, buffers), (xb,)), yb)
-                outputs = record.outputs() if spec.record else []
-                counts[:] = [o.count for o in outputs]
-                return loss, [(o.mean, o.var) for o in outputs]
-
             with seeds.seeded_torch_rng(seeds.step_seed(self.seed, t, seeds.DROPOUT_STREAM), x.device):
-                client_losses, moments = vmap(client_loss, randomness="different")(
-                    stacked, x.view(self.clients, -1, *x.shape[1:]), y.view(self.clients, -1))
+                client_losses, bn = vmap_client_losses(self.model, stacked, x, y, specs[e], self.clients)
             (grads,) = torch.autograd.grad(client_losses.sum(), flat)
             self._local_update(theta, grads)
             losses[e] = float(client_losses.detach()[: self.h].mean())
-            if moments:
-                recorded[e] = BNStats([LayerOutput(m, v, c).client_stats(self.clients)
-                                       for (m, v), c in zip(moments, counts)])
+            if bn is not None:
+                recorded[e] = bn
 
     # ---------------------------------------------------------------- the round
-    def step(self, engine: Optional[str] = None) -> float:
-        """One FedAvg round (local_steps local steps per client); returns the mean honest training loss."""
-        engine = self.local_engine if engine is None else engine
+    def step(self, local_engine: Optional[str] = None) -> float:
+        """One FedAvg round (local_steps local steps per client) with the local engine ("vmap" or "loop";
+        default: the federation's); returns the mean honest training loss."""
+        engine = self.local_engine if local_engine is None else local_engine
         if engine not in LOCAL_ENGINES[1:]:
-            raise ValueError(f"engine must be one of {list(LOCAL_ENGINES[1:])}, got {engine!r}")
+            raise ValueError(f"local_engine must be one of {list(LOCAL_ENGINES[1:])}, got {engine!r}")
         E = self.local_steps
         r = self.step_count // E
+        self.start_step()
         batches = [self.client_batch(r * E + e) for e in range(E)]
         channel = self.stats_channel(r, batches[0])
         specs = [self.scheme.local_bn_pass(r, e, channel) for e in range(E)]
         self.model.train()
         if self.reset_client_momentum:
             self.momentum.zero_()
-        theta0 = self._flat_params()
+        theta0 = flat_parameters(self.model)
         theta = theta0.unsqueeze(0).repeat(self.clients, 1)
         recorded: list = [None] * E
         losses = [0.0] * E
@@ -159,24 +137,24 @@ class FedAvgFederation(Federation):
             if first < E:
                 (self._vmap_steps if engine == "vmap" else self._loop_steps)(theta, batches, specs, r, first,
                                                                              recorded, losses)
-        with torch.no_grad():
-            self._load_flat(theta0 + self._aggregate_updates(theta - theta0, r, batches[0]))
-            steps = [s for s in recorded if s is not None]
-            if self.layers and steps and self.scheme.submits_stats(r):
-                self.stats_clamped += self.scheme.server_round(self.layers, steps, channel, r)
-        self.comm_rounds += self.scheme.exchanges(r, len(self.layers))
+        self.apply_round(r, theta0, theta - theta0, recorded, batches[0], channel)
         self.step_count += E
         return sum(losses) / E
 
-    def _aggregate_updates(self, deltas: torch.Tensor, round: int, batches) -> torch.Tensor:
-        honest = deltas[: self.h]
-        if not self.per_client:
-            return honest.mean(dim=0)  # the no-op Byzantine rows leave the mean of the honest updates
-        server, attacked = self.aggregators(round, "grads")
-        context = self.attack_context(round, "grads", batches, deltas[self.h:] if self.poisoning else None,
-                                      defense=attacked)
-        rows = torch.cat([honest, byzantine_rows(honest, self.scenario.channel_attack("grads"), context)])
-        return server(rows)
+    @torch.no_grad()
+    def apply_round(self, r: int, theta0: torch.Tensor, deltas: torch.Tensor, recorded: list, batches,
+                    channel) -> None:
+        """The server's side of round r (what the Flower strategy's apply_round does with the replies):
+        θ ← θ0 + the aggregate of the clients' updates deltas [clients, d], then the scheme's update of the
+        statistics from each local step's recorded BNStats (None where a step records nothing) through
+        the round's statistics channel, whose aggregation state the federation keeps."""
+        load_flat_parameters(self.model, theta0 + self.aggregate_updates(r, deltas, batches))
+        steps = [s for s in recorded if s is not None]
+        if self.layers and steps and self.scheme.submits_stats(r):
+            self.stats_clamped += self.scheme.server_round(self.layers, steps, channel, r)
+        self.aggregates["stats"] = channel.state
+        self.remember_step(r, recorded, channel)
+        self.comm_rounds += self.scheme.exchanges(r, len(self.layers))
 
 
 __all__ = ["LOCAL_ENGINES", "FedAvgFederation"]

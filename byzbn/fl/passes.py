@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from byzbn.fl.client_grads import client_split_grads
-from byzbn.nn import BNPass, BNStats, LayerOutput, bn_pass, federated_bn_layers
+from byzbn.nn import BNPass, BNStats, LayerOutput, run_bn_pass, federated_bn_layers
 from byzbn.stats import ClientStats
 
 ENGINES = ("batched", "loop")
@@ -57,31 +57,29 @@ def batched_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: BNPas
     """
     params = list(model.parameters())
     rows = x.shape[0] // clients * (clients if honest is None else honest)
-    with bn_pass(federated_bn_layers(model), spec.replace(clients=clients, backend="kernel")) as record:
+    with run_bn_pass(federated_bn_layers(model), spec.replace(clients=clients, backend="kernel")) as record:
         loss = F.cross_entropy(model(x)[:rows], y[:rows])
     grads = torch.autograd.grad(loss, params)
     return PassResult(loss.detach(), list(grads), None, record.bn_stats(clients))
 
 
-def vmap_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: BNPass, clients: int,
-              honest: Optional[int] = None) -> PassResult:
-    """Per-client gradients [h, d]: a vmap'd forward with per-client copies of the parameters, one backward.
+def vmap_client_losses(model: nn.Module, stacked: dict, x: torch.Tensor, y: torch.Tensor, spec: BNPass,
+                       clients: int) -> tuple[torch.Tensor, Optional[BNStats]]:
+    """Every client's loss on its own batch with its own parameters, under torch.func.vmap.
 
-    The summed client losses depend on client i's copy only through loss_i, so the gradient of the sum
-    with respect to copy i is client i's gradient. The kernel is not vmappable: torch statistics.
+    stacked: {parameter name: [clients, *shape]} (the clients' copies, differentiable); x [clients·B, …]
+    and y [clients·B] client-major. Returns the losses [clients] and the per-client statistics the BN
+    layers recorded (None when `spec` records nothing). The kernel is not vmappable: torch statistics.
     """
     from torch.func import functional_call, vmap
 
-    names = [name for name, _ in model.named_parameters()]
-    stacked = {name: p.detach().unsqueeze(0).expand(clients, *p.shape).clone().requires_grad_(True)
-               for name, p in model.named_parameters()}
     buffers = dict(model.named_buffers())
     layers = federated_bn_layers(model)
     client_spec = spec.replace(clients=1, backend="torch")
     counts: list[int] = []
 
     def client_loss(p, xb, yb):
-        with bn_pass(layers, client_spec) as record:
+        with run_bn_pass(layers, client_spec) as record:
             loss = F.cross_entropy(functional_call(model, (p, buffers), (xb,)), yb)
         outputs = record.outputs() if client_spec.record else []
         counts[:] = [o.count for o in outputs]
@@ -89,11 +87,25 @@ def vmap_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: BNPass, 
 
     losses, moments = vmap(client_loss, randomness="different")(stacked, x.view(clients, -1, *x.shape[1:]),
                                                                 y.view(clients, -1))
-    grads = torch.autograd.grad(losses.sum(), [stacked[name] for name in names])
-    flat = torch.cat([g.reshape(clients, -1) for g in grads], dim=1)
     bn = None
     if moments:
         bn = BNStats([LayerOutput(m, v, c).client_stats(clients) for (m, v), c in zip(moments, counts)])
+    return losses, bn
+
+
+def vmap_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: BNPass, clients: int,
+              honest: Optional[int] = None) -> PassResult:
+    """Per-client gradients [h, d]: a vmap'd forward with per-client copies of the parameters, one backward.
+
+    The summed client losses depend on client i's copy only through loss_i, so the gradient of the sum
+    with respect to copy i is client i's gradient.
+    """
+    names = [name for name, _ in model.named_parameters()]
+    stacked = {name: p.detach().unsqueeze(0).expand(clients, *p.shape).clone().requires_grad_(True)
+               for name, p in model.named_parameters()}
+    losses, bn = vmap_client_losses(model, stacked, x, y, spec, clients)
+    grads = torch.autograd.grad(losses.sum(), [stacked[name] for name in names])
+    flat = torch.cat([g.reshape(clients, -1) for g in grads], dim=1)
     return PassResult(losses.detach()[:honest].mean(), None, flat, bn)
 
 
@@ -120,7 +132,7 @@ def loop_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: BNPass, 
     chunk_spec = spec.replace(clients=clients_per_chunk, backend="torch")
     losses, grads, per_chunk = [], [], []
     for xi, yi in zip(x.chunk(chunks), y.chunk(chunks)):
-        with bn_pass(layers, chunk_spec) as record:
+        with run_bn_pass(layers, chunk_spec) as record:
             loss = F.cross_entropy(model(xi), yi)
         grads.append(_flat(torch.autograd.grad(loss, params)))
         losses.append(loss.detach())
@@ -161,5 +173,6 @@ def choose_pass(engine: str, per_client: bool, per_client_grads: str, couples_cl
     return batched_pass
 
 
-__all__ = ["ENGINES", "PER_CLIENT_GRADS", "PassResult", "batched_pass", "vmap_pass", "split_pass", "loop_pass",
+__all__ = ["ENGINES", "PER_CLIENT_GRADS", "PassResult", "batched_pass", "vmap_client_losses", "vmap_pass", "split_pass",
+           "loop_pass",
            "concat_rows", "choose_pass"]

@@ -7,9 +7,8 @@ from typing import Callable, Optional
 import torch
 
 from byzbn._checks import check_int
-from byzbn.attacks import AttackContext, poisons_data
+from byzbn.attacks import poisons_data
 from byzbn.defenses import make_defense
-from byzbn.schemes import StatsChannel
 
 SCENARIOS = ("no-attack", "attack", "attack+defense")
 TARGETS = {"stats": frozenset({"stats"}), "grads": frozenset({"grads"}), "both": frozenset({"stats", "grads"})}
@@ -42,12 +41,6 @@ class Scenario:
     def channel_aggregator(self, channel: str) -> Callable[[torch.Tensor], torch.Tensor]:
         return self.aggregator if self.attacks(channel) else self.mean
 
-    def stats_channel(self, context: AttackContext, aggregator: Optional[Callable] = None) -> StatsChannel:
-        """The statistics channel of one step; `context` is the attack's view of that step, `aggregator` what
-        the server aggregates with at that step (default: the channel's defense as it is)."""
-        aggregator = self.channel_aggregator("stats") if aggregator is None else aggregator
-        return StatsChannel(self.channel_attack("stats"), self.fields, aggregator, context)
-
 
 def incompatibility(scheme, attack: Optional[Callable], targets) -> Optional[str]:
     """Why `attack` on `targets` cannot run against scheme (a Scheme or its class), or None when it can."""
@@ -73,6 +66,8 @@ def make_scenario(name: str, n: int, f: int, attack: Optional[Callable], defense
     check_int("f", f, 0, (n - 1) // 2, why="f < n/2")
     mean = make_defense("mean", f)
     if name == "no-attack":
+        return Scenario(name, n, f, None, mean, mean, TARGETS[target], fields)
+    if name == "attack" and f == 0:  # nobody submits for the attack and the server averages: the no-attack run
         return Scenario(name, n, f, None, mean, mean, TARGETS[target], fields)
     if attack is None:
         raise ValueError(f"scenario {name!r} needs an attack, got None")

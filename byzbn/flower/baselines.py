@@ -17,7 +17,6 @@ honest mean. Runs are named flower-<strategy>; the outputs are attack_eval's.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Optional
@@ -39,7 +38,7 @@ from byzbn.flower.client import MOMENTUM_STATE, RUN_STATE, client_index, data_sh
 from byzbn.flower.spec import ClientSpec, client_spec
 from byzbn.flower.server import discover
 from byzbn.flower.strategy import due
-from byzbn.nn import BNPass, make_cnn
+from byzbn.nn import BNPass, plain_model
 from byzbn.runs import results
 
 PROG = "python -m byzbn.flower.baselines"
@@ -48,8 +47,8 @@ SCENARIOS = ("no-attack", "attack")
 STATS_KEYS = {"mean": ("running_mean",), "var": ("running_var",), "both": ("running_mean", "running_var")}
 
 
-def _cnn(data, width: float) -> torch.nn.Module:
-    return make_cnn(data.input_shape, data.num_classes, width)  # BatchNorm2d: what a Flower user trains
+def _plain(data, width: float, model: str) -> torch.nn.Module:
+    return plain_model(model, data.input_shape, data.num_classes, width)  # ordinary BN: what a Flower user trains
 
 
 def baseline_round(content: RecordDict, context: Context) -> RecordDict:
@@ -60,7 +59,7 @@ def baseline_round(content: RecordDict, context: Context) -> RecordDict:
     if client >= spec.honest:  # omniscient Byzantine: the server replaces its reply (Flower wants the same keys)
         return RecordDict({"arrays": content["arrays"], "metrics": MetricRecord({**reply_metrics, "train-loss": 0.0})})
     data, indices = data_share(spec, client)
-    model = _cnn(data, spec.width)
+    model = _plain(data, spec.width, spec.model)
     model.load_state_dict(content["arrays"].to_torch_state_dict())
     model.train()
     E = spec.local_steps
@@ -132,7 +131,7 @@ def attacked(cls):
 def run_baselines(grid: Grid, experiment, strategy_name: str) -> list[dict]:
     """Flower's `strategy_name` in the no-attack and attack scenarios; attack_eval's outputs (runs flower-<name>)."""
     plan, c = experiment.plan, experiment.plan.config
-    n, f = int(c["clients"]), int(c["byzantine"])
+    n, f = c.clients, c.byzantine
     kwargs = {"fraction_evaluate": 0.0, "min_train_nodes": n, "min_available_nodes": n}
     if strategy_name == "krum":
         kwargs["num_malicious_nodes"] = f
@@ -141,27 +140,27 @@ def run_baselines(grid: Grid, experiment, strategy_name: str) -> list[dict]:
     label = f"flower-{strategy_name}"
     discover(grid, n)  # every node up (and its actor started) before the first run's clock starts
     plan.out.mkdir(parents=True, exist_ok=True)
-    results.atomic_write_text(plan.out / "config.json", json.dumps(c, indent=2, sort_keys=True) + "\n")
+    results.atomic_write_text(plan.out / "config.json", c.text())
     summary, metrics = [], []
     scenarios = [s for s in SCENARIOS if s in plan.scenarios]
-    E, steps = int(c["local_steps"]), int(c["steps"])
+    E, steps = c.local_steps, c.steps
     for scenario_name in scenarios:
         strategy = attacked(STRATEGIES[strategy_name])(**kwargs)
-        scenario = make_scenario(scenario_name, n, f, plan.attack, plan.defense, target=c["target"],
-                                 fields=c["attack_fields"])
-        torch.manual_seed(c["seed"])  # byzbn's initial model, with BatchNorm2d layers
-        model = _cnn(plan.dataset, c["width"])
-        strategy.setup(scenario, {k: v.clone() for k, v in model.state_dict().items()}, n - f, int(c["seed"]),
-                       c["attack_fields"])
+        scenario = make_scenario(scenario_name, n, f, plan.attack, plan.defense, target=c.target,
+                                 fields=c.attack_fields)
+        torch.manual_seed(c.seed)  # byzbn's initial model, with BatchNorm2d layers
+        model = _plain(plan.dataset, c.width, c.model)
+        strategy.setup(scenario, {k: v.clone() for k, v in model.state_dict().items()}, n - f, c.seed,
+                       c.attack_fields)
         spec = client_spec(c, label, scenario_name, steps // E, int(plan.client_indices.shape[0]),
-                           c["attack"] if scenario.attack is not None else "none", "simulated")
+                           c.attack if scenario.attack is not None else "none", "simulated")
         run_records: list[dict] = []
 
         def evaluate(server_round: int, arrays: ArrayRecord) -> Optional[MetricRecord]:
             model.load_state_dict(arrays.to_torch_state_dict())
             strategy.global_state = {k: v.clone() for k, v in model.state_dict().items()}  # next round's θ
             step = server_round * E
-            if server_round and not (due(step - E, step, int(c["eval_every"])) or step == steps):
+            if server_round and not (due(step - E, step, c.eval_every) or step == steps):
                 return None
             acc, loss = evaluate_model(model, plan.dataset.x_test, plan.dataset.y_test)
             run_records.append({"scheme": label, "scenario": scenario_name, "step": step, "test_acc": acc,

@@ -4,7 +4,7 @@ A node's client index is its `partition-id` (node config; the Simulation Engine 
 a real SuperNode is started with `--node-config "partition-id=3"`). On a train message it
 
 1. rebuilds its data share (byzbn.data: load_dataset, partition with the run's seed, share `client`),
-   the model (byzbn.nn.make_cnn with the scheme's normalization layer) and the scheme;
+   the model (byzbn.nn.build_model: --model federated for the scheme) and the scheme;
 2. loads the broadcast parameters and BN running statistics, and its own momentum from the node's
    state (zeroed when a new run starts, or every round with reset-client-momentum);
 3. takes the E local steps of byzbn.fl.client.local_steps on its batches (byzbn.fl.client.client_batch:
@@ -36,8 +36,7 @@ from byzbn.fl.client import client_batch, flat_parameters, load_flat_parameters,
 from byzbn.flower import records
 from byzbn.flower.experiment import SELF_ATTACKS
 from byzbn.flower.spec import ClientSpec
-from byzbn.nn import BNStats, make_cnn
-from byzbn.runs.build import scheme_params
+from byzbn.nn import BNStats, build_model
 from byzbn.schemes import make_scheme
 from byzbn.stats import ClientStats, concat_stats
 
@@ -54,9 +53,8 @@ def client_index(context: Context) -> int:
     return int(context.node_config[PARTITION_ID])
 
 
-@functools.lru_cache(maxsize=2)
 def _dataset(dataset: str, data_root: str):
-    from byzbn.data import load_dataset
+    from byzbn.data import load_dataset  # cached there
 
     return load_dataset(dataset, data_root=data_root or None)
 
@@ -78,9 +76,9 @@ def data_share(spec: ClientSpec, client: int):
 
 
 @functools.lru_cache(maxsize=4)
-def _model(scheme: str, steps: int, params: tuple, input_shape: tuple, num_classes: int, width: float):
+def _model(scheme: str, steps: int, params: tuple, input_shape: tuple, num_classes: int, width: float, model: str):
     built = make_scheme(scheme, steps, **dict(params))
-    return built, make_cnn(input_shape, num_classes, width, norm=built.make_norm)
+    return built, build_model(model, input_shape, num_classes, width, built)
 
 
 def _load_plugins(plugins: list[str]) -> None:
@@ -159,8 +157,9 @@ def local_round(content: RecordDict, context: Context) -> RecordDict:
     poisoning = poisons_data(attack)
 
     data, indices = data_share(spec, client)
-    params = tuple(sorted(scheme_params(spec.scheme, {"fixbn_freeze": spec.fixbn_freeze, "groups": spec.groups}).items()))
-    scheme, model = _model(spec.scheme, spec.scheme_steps, params, data.input_shape, data.num_classes, spec.width)
+    params = tuple(sorted(spec.scheme_kwargs().items()))
+    scheme, model = _model(spec.scheme, spec.scheme_steps, params, data.input_shape, data.num_classes, spec.width,
+                           spec.model)
     load_flat_parameters(model, records.record_flat(content[records.PARAMETERS], model))
     records.load_running(model, content[records.RUNNING])
     model.train()

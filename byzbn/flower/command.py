@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from byzbn.cli.errors import ArgumentError, report
+from byzbn.cli.errors import ArgumentError, report, run_writing
 from byzbn.flower.experiment import PROG, parse
 from byzbn.runs import results
 
@@ -17,7 +17,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from byzbn.flower.simulation import simulate
 
     plan = experiment.plan
-    summary = simulate(experiment)
+    code, summary = run_writing(PROG, [plan.out], lambda: simulate(experiment))
+    if code:
+        return code
     print(results.format_table(summary, plan.schemes, plan.scenarios), end="")
     print(f"outputs in {plan.out}")
     return 0

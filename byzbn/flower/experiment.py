@@ -23,7 +23,8 @@ from byzbn.runs.config import Plan, plan_from_args
 
 PROG = "python -m byzbn.flower"
 FLOWER = "flower"
-FIXED = ("--algorithm", "--device", "--checkpoint-every")
+# The Flower engine runs FedAvg on CPU, checkpoints per round and measures no BN diagnostics.
+FIXED = ("--algorithm", "--device", "--checkpoint-every", "--diagnostics")
 BYZANTINE_MODES = ("simulated", "self")
 # Attacks a Byzantine node can run on its own reply: they need no other client's rows (sign-flip and foe
 # of its own row, noise, faults) or none at all (label-flip poisons its labels). Used by byzbn.flower.client.
@@ -129,10 +130,8 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
         check(2 * sample_f < sample_h + sample_f,
               f"--fraction-train={args.fraction_train} samples {sample_h} honest and {sample_f} Byzantine clients per "
               "round: the sample needs f < n/2")
-    for key in ("checkpoint_every", "resume"):
-        plan.config.pop(key, None)
-    plan.config["engine"] = "flower"
-    return Experiment(plan, rounds=args.steps // plan.config["local_steps"], supernodes=n,
+    plan.config = plan.config.with_changes(engine="flower")
+    return Experiment(plan, rounds=args.steps // plan.config.local_steps, supernodes=n,
                       fraction_train=args.fraction_train, byzantine_mode=args.byzantine_mode,
                       client_cpus=args.client_cpus, shares=n if args.byzantine_mode == "self" else 0,
                       flower_logs=args.flower_logs)

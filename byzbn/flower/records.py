@@ -22,7 +22,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 from torch import nn
 
-from byzbn.nn import BNStats, FederatedBatchNorm
+from byzbn.nn import BNStats, federated_bn_layers
 from byzbn.stats import ClientStats
 
 PARAMETERS, RUNNING, CONFIG = "arrays", "bn-running", "config"
@@ -31,8 +31,9 @@ RUNNING_BUFFERS = ("running_mean", "running_var")
 
 
 def bn_layer_names(model: nn.Module) -> list[str]:
-    """Qualified names of the model's federated BN layers, in forward (registration) order."""
-    return [name for name, m in model.named_modules() if isinstance(m, FederatedBatchNorm)]
+    """Qualified names of the model's federated BN layers, in the order the server merges them (federated_bn_layers)."""
+    names = {id(m): name for name, m in model.named_modules()}
+    return [names[id(layer)] for layer in federated_bn_layers(model)]
 
 
 def _array(t: torch.Tensor) -> Array:

@@ -8,7 +8,6 @@ attack_eval's outputs — config.json, metrics.jsonl, summary.json/.csv, curves.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextlib import contextmanager
@@ -68,9 +67,9 @@ def discover(grid: Grid, n: int, wait_s: float = NODE_WAIT_S) -> dict[int, int]:
 def run_experiment(grid: Grid, experiment: Experiment) -> list[dict]:
     """Train every run of the experiment on the grid's nodes and write the outputs; returns the summary."""
     plan, c = experiment.plan, experiment.plan.config
-    nodes = discover(grid, int(c["clients"]))
+    nodes = discover(grid, c.clients)
     plan.out.mkdir(parents=True, exist_ok=True)
-    results.atomic_write_text(plan.out / "config.json", json.dumps(c, indent=2, sort_keys=True) + "\n")
+    results.atomic_write_text(plan.out / "config.json", c.text())
     summary, metrics = [], []
     for scheme, scenario in plan.runs:
         strategy = RobustBNStrategy(FlowerRun(

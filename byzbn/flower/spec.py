@@ -15,6 +15,8 @@ from typing import Optional
 from flwr.app import ConfigRecord
 
 from byzbn.data import NPZ_PREFIX
+from byzbn.runs.build import scheme_params
+from byzbn.runs.run_config import RunConfig
 
 
 def absolute_dataset(spec: str) -> str:
@@ -31,6 +33,12 @@ def absolute_plugin(spec: str) -> str:
     return spec
 
 
+def absolute_model(spec: str) -> str:
+    """--model FILE.py:FUNCTION with FILE absolute (a name or package.module:FUNCTION is left as it is)."""
+    source, colon, function = spec.rpartition(":")
+    return f"{absolute_plugin(source)}:{function}" if colon and source else spec
+
+
 @dataclass(frozen=True)
 class ClientSpec:
     """Everything a client needs for one run (one scheme × scenario); sent in every train message."""
@@ -38,14 +46,14 @@ class ClientSpec:
     run: str                      # "scheme/scenario": a node resets its momentum when this changes
     scheme: str
     scheme_steps: int             # the scheme's `steps`: communication rounds
-    fixbn_freeze: float
-    groups: int
+    scheme_params: str            # JSON object: the scheme's parameters (byzbn.runs.build.scheme_params)
     dataset: str                  # npz paths absolute
     data_root: str                # "" for none
     heterogeneity: str
     seed: int
     shares: int                   # the partition's share count (h, or n when Byzantine clients hold data)
     width: float
+    model: str                    # --model, a FILE.py:FUNCTION with FILE absolute
     batch_size: int
     lr: float
     momentum: float
@@ -66,6 +74,10 @@ class ClientSpec:
 
     def params(self) -> dict:
         return json.loads(self.attack_params)
+
+    def scheme_kwargs(self) -> dict:
+        """The keyword parameters the scheme is built with (make_scheme's)."""
+        return json.loads(self.scheme_params)
 
     def plugin_list(self) -> list[str]:
         return json.loads(self.plugins)
@@ -88,19 +100,20 @@ class ClientSpec:
         return cls(**values)
 
 
-def client_spec(config: dict, scheme: str, scenario: str, scheme_steps: int, shares: int, attack: str,
+def client_spec(config: RunConfig, scheme: str, scenario: str, scheme_steps: int, shares: int, attack: str,
                 byzantine_mode: str) -> ClientSpec:
     """The ClientSpec of one run from a validated run configuration (attack_eval's config.json keys)."""
     c = config
     return ClientSpec(
-        run=f"{scheme}/{scenario}", scheme=scheme, scheme_steps=scheme_steps, fixbn_freeze=float(c["fixbn_freeze"]),
-        groups=int(c["groups"]), dataset=absolute_dataset(c["dataset"]), data_root=c.get("data_root") or "",
-        heterogeneity=c["heterogeneity"], seed=int(c["seed"]), shares=shares, width=float(c["width"]),
-        batch_size=int(c["batch_size"]), lr=float(c["lr"]), momentum=float(c["momentum"]),
-        local_steps=int(c["local_steps"]), reset_client_momentum=bool(c["reset_client_momentum"]),
-        clients=int(c["clients"]), byzantine=int(c["byzantine"]), byzantine_mode=byzantine_mode, attack=attack,
-        attack_params=json.dumps(c.get("attack_params") or {}, sort_keys=True), target=c["target"],
-        attack_fields=c["attack_fields"], plugins=json.dumps([absolute_plugin(p) for p in c.get("plugins", [])]))
+        run=f"{scheme}/{scenario}", scheme=scheme, scheme_steps=scheme_steps,
+        scheme_params=json.dumps(scheme_params(scheme, c), sort_keys=True), dataset=absolute_dataset(c.dataset),
+        data_root=c.data_root or "",
+        heterogeneity=c.heterogeneity, seed=c.seed, shares=shares, width=c.width, model=absolute_model(c.model),
+        batch_size=c.batch_size, lr=c.lr, momentum=c.momentum,
+        local_steps=c.local_steps, reset_client_momentum=c.reset_client_momentum,
+        clients=c.clients, byzantine=c.byzantine, byzantine_mode=byzantine_mode, attack=attack,
+        attack_params=json.dumps(c.attack_params, sort_keys=True), target=c.target,
+        attack_fields=c.attack_fields, plugins=json.dumps([absolute_plugin(p) for p in c.plugins]))
 
 
-__all__ = ["absolute_dataset", "absolute_plugin", "ClientSpec", "client_spec"]
+__all__ = ["absolute_dataset", "absolute_plugin", "absolute_model", "ClientSpec", "client_spec"]

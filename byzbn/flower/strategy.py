@@ -7,12 +7,15 @@ running statistics. Each round r (Flower's server_round − 1):
 
 - configure_train sends the parameters ("arrays", parameters only), the running statistics
   ("bn-running") and the client spec to the round's clients;
-- aggregate_train orders the replies by client index and
-  * aggregates the updates Δθ_i as byzbn.fl.fedavg does: their mean when the scenario leaves the
-    gradient channel alone, else the honest rows plus the attack's f rows (byzbn.attacks.byzantine_rows,
-    omniscient, its generator seeded by (seed, round, "grads")) through the scenario's defense;
+- aggregate_train maps each reply to its sender node's client, checks every reply against the round's
+  contract (byzbn.flower.replies: a reply that fails, errs or is missing is a silent client, logged
+  once per round and counted in rejected_replies), then
+  * aggregates the updates Δθ_i through byzbn.fl.aggregation, the path byzbn.fl.fedavg takes: their
+    mean when the scenario leaves the gradient channel alone, else the honest rows plus the attack's f
+    rows (omniscient, its generator seeded by (seed, round, "grads")) through the scenario's defense,
+    random rules drawing from (seed, round), stateful ones starting from the state the strategy carries;
   * hands each local step's per-client BN statistics to the scheme's own server logic
-    (Scheme.server_round on the model's BN layers, with the scenario's statistics channel: the attack
+    (Scheme.server_round on the model's BN layers, with the round's statistics channel: the attack
     on the submission, the two-phase robust merge, the running-statistics update), so the merge maths
     is byzbn.stats' and nothing else. BN buffers never enter the weight aggregation: the update rows
     hold parameters only;
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Iterable, Optional
 
 import torch
@@ -39,35 +42,31 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from byzbn.attacks import AttackContext, byzantine_rows, poisons_data
+from byzbn.aggregation import AggregationState
+from byzbn.attacks import AttackContext, poisons_data
 from byzbn.defenses import make_defense
 from byzbn.fl import seeds
+from byzbn.fl.aggregation import CHANNELS, aggregate_updates, stats_channel
 from byzbn.fl.client import client_batch, flat_parameters, load_flat_parameters
 from byzbn.fl.evaluation import evaluate_model, non_finite_state
 from byzbn.fl.passes import concat_rows
 from byzbn.fl.scenario import make_scenario
-from byzbn.flower import records
+from byzbn.flower import records, replies
 from byzbn.flower.spec import ClientSpec, client_spec
-from byzbn.nn import BNStats, federated_bn_layers, make_cnn
+from byzbn.nn import BNStats, build_model, federated_bn_layers
 from byzbn.runs import results
 from byzbn.runs.build import scheme_params, scheme_steps
-from byzbn.schemes import StatsChannel, make_scheme
+from byzbn.runs.run_config import RunConfig
+from byzbn.schemes import make_scheme
 
 NODE_SAMPLE_STREAM = 1 << 33   # seeds stream of the per-round client sample (far from byzbn.fl.seeds' streams)
-
-
-class AsSubmitted(StatsChannel):
-    """The statistics channel when the server cannot tell Byzantine rows apart: the n rows as they arrived."""
-
-    def submit(self, rows, noop="union"):
-        return rows
 
 
 @dataclass
 class FlowerRun:
     """What one run needs: the validated configuration (attack_eval's config.json keys) and what was loaded."""
 
-    config: dict
+    config: RunConfig
     scheme: str
     scenario: str
     dataset: object                 # byzbn.data.Dataset: the test split, and (simulated mode) the batches' data
@@ -91,29 +90,35 @@ class RobustBNStrategy(Strategy):
     def __init__(self, run: FlowerRun):
         c = self.config = run.config
         self.run = run
-        self.E, self.steps = int(c["local_steps"]), int(c["steps"])
+        self.E, self.steps = c.local_steps, c.steps
         self.rounds = self.steps // self.E
         self.scheme = make_scheme(run.scheme, scheme_steps(run.scheme, c), **scheme_params(run.scheme, c))
-        n, f = int(c["clients"]), int(c["byzantine"])
+        n, f = c.clients, c.byzantine
         self.h = n - f
         self.sample_h, self.sample_f = self._sample_sizes(n, f, run.fraction)
         defense = run.defense
         if run.fraction < 1.0:  # the round's f differs from the run's: the same rule and parameters, built for it
-            pre, pre_params = [p for p in c["pre"].split(",") if p and p != "none"], c.get("pre_params") or {}
-            defense = make_defense(c["defense"], self.sample_f, pre=[(p, pre_params.get(p, {})) for p in pre] or None,
-                                   **(c.get("defense_params") or {}))
+            pre, pre_params = c.pre_names(), c.pre_params
+            defense = make_defense(c.defense, self.sample_f, pre=[(p, pre_params.get(p, {})) for p in pre] or None,
+                                   **c.defense_params)
         self.scenario = make_scenario(run.scenario, self.sample_h + self.sample_f, self.sample_f, run.attack, defense,
-                                      target=c["target"], fields=c["attack_fields"])
-        torch.manual_seed(c["seed"])  # the same initial model as byzbn.runs.build.build_federation's
-        self.model = make_cnn(run.dataset.input_shape, run.dataset.num_classes, c["width"], norm=self.scheme.make_norm)
+                                      target=c.target, fields=c.attack_fields)
+        torch.manual_seed(c.seed)  # the same initial model as byzbn.runs.build.build_federation's
+        self.model = build_model(c.model, run.dataset.input_shape, run.dataset.num_classes, c.width, self.scheme)
         self.layers = federated_bn_layers(self.model)
         self.poisoning = poisons_data(self.scenario.attack)
         self.byzantine_train = run.byzantine_mode == "self" or self.poisoning
         shares = run.shares or int(run.client_indices.shape[0])
-        attack_name = c["attack"] if self.scenario.attack is not None else "none"
+        attack_name = c.attack if self.scenario.attack is not None else "none"
         self.spec: ClientSpec = client_spec(c, run.scheme, run.scenario, self.scheme.steps, shares, attack_name,
                                             run.byzantine_mode)
-        self.step_count = self.comm_rounds = self.stats_clamped = 0
+        self.step_count = self.comm_rounds = self.stats_clamped = self.rejected_replies = 0
+        self.aggregates = {channel: AggregationState() for channel in CHANNELS}   # stateful rules' memory
+        per_sample = replies.elements_per_sample(self.model, run.dataset.input_shape)
+        self.layer_widths = tuple((name, layer.num_features) for name, layer in
+                                  zip(records.bn_layer_names(self.model), self.layers))
+        self.counts = tuple(c.batch_size * k for k in per_sample)
+        self.max_counts = tuple(int(run.client_indices.shape[1]) * k for k in per_sample)
         self.records: list[dict] = []
         self.window: list[float] = []
         self.status, self.problem, self.stopped = "ok", None, False
@@ -128,17 +133,17 @@ class RobustBNStrategy(Strategy):
 
     def participants(self, r: int) -> list[int]:
         """The round's client indices, honest first (ascending), then the designated Byzantine ones."""
-        if self.sample_h == self.h and self.sample_f == self.config["byzantine"]:
-            return list(range(int(self.config["clients"])))
-        gen = seeds.generator(int(self.config["seed"]), r, NODE_SAMPLE_STREAM)
+        if self.sample_h == self.h and self.sample_f == self.config.byzantine:
+            return list(range(self.config.clients))
+        gen = seeds.generator(self.config.seed, r, NODE_SAMPLE_STREAM)
         honest = sorted(torch.randperm(self.h, generator=gen)[: self.sample_h].tolist())
-        byz = sorted((self.h + torch.randperm(int(self.config["byzantine"]), generator=gen)[: self.sample_f]).tolist())
+        byz = sorted((self.h + torch.randperm(self.config.byzantine, generator=gen)[: self.sample_f]).tolist())
         return honest + byz
 
     # ------------------------------------------------------------------ Flower's Strategy
     def summary(self) -> None:
         log(INFO, "\t├──> byzbn %s / %s: %s rounds of %s local steps, n=%s f=%s, mode %s", self.run.scheme,
-            self.run.scenario, self.rounds, self.E, self.config["clients"], self.config["byzantine"],
+            self.run.scenario, self.rounds, self.E, self.config.clients, self.config.byzantine,
             self.run.byzantine_mode)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -164,16 +169,32 @@ class RobustBNStrategy(Strategy):
         replies = list(replies)
         if self.stopped:
             return None, None
-        failed = [m for m in replies if m.has_error()]
-        if failed:
-            raise RuntimeError(f"round {server_round}: {len(failed)} client(s) failed, e.g. node "
-                               f"{failed[0].metadata.src_node_id}: {failed[0].error.reason}")
-        contents = {int(m.content[records.METRICS]["client"]): m.content for m in replies}
-        if sorted(contents) != sorted(self.senders()):
-            raise RuntimeError(f"round {server_round}: replies from clients {sorted(contents)}, expected "
-                               f"{self.senders()}")
-        loss = self.apply_round(server_round - 1, contents)
+        contents, rejected = self.by_sender(replies)
+        loss = self.apply_round(server_round - 1, contents, rejected)
         return records.parameters_record(self.model), MetricRecord({"train-loss": loss})
+
+    def by_sender(self, messages: list[Message]) -> tuple[dict, dict]:
+        """({client: reply content}, {client or "node N": why rejected}): each reply is its sender node's client's.
+
+        An error reply, two replies from one node, and a reply from a node that is no client of the
+        round are rejected; the client index a reply states is not read here (check_reply compares it).
+        """
+        clients = {self.run.nodes[c]: c for c in self.senders()}
+        contents, rejected, seen = {}, {}, set()
+        for m in messages:
+            node = m.metadata.src_node_id
+            c = clients.get(node)
+            if c is None:
+                rejected[f"node {node}"] = "not a client of this round"
+            elif node in seen:
+                rejected[c] = "more than one reply"
+                contents.pop(c, None)
+            elif m.has_error():
+                rejected[c] = f"error reply: {m.error.reason}"
+            else:
+                contents[c] = m.content
+            seen.add(node)
+        return contents, rejected
 
     def configure_evaluate(self, server_round, arrays, config, grid) -> Iterable[Message]:
         return []  # the server evaluates (evaluate)
@@ -182,34 +203,44 @@ class RobustBNStrategy(Strategy):
         return None
 
     # ------------------------------------------------------------------ one round on the server
-    def apply_round(self, r: int, contents: dict) -> float:
-        """Aggregate one round's replies (client index -> reply content) into the server's state; the loss."""
+    def contract(self, r: int) -> replies.Contract:
+        """What every reply of round r must hold (byzbn.flower.replies)."""
+        recorded = tuple(e for e in range(self.E) if self.layers and self.scheme.local_bn_pass(r, e, None).record)
+        return replies.Contract(self.layer_widths, self.E, recorded, self.counts, self.max_counts)
+
+    def apply_round(self, r: int, contents: dict, rejected: Optional[dict] = None) -> float:
+        """Validate, then aggregate one round's replies (client index -> reply content); the honest loss.
+
+        A client whose reply breaks the round's contract (or is missing) counts as a silent client
+        (byzbn.flower.replies); the rejections are logged once and counted in the summary.
+        """
         honest = [c for c in self.round_clients if c < self.h]
         byzantine = [c for c in self.round_clients if c >= self.h]
-        rows = {c: records.record_flat(content[records.UPDATE], self.model) for c, content in contents.items()}
+        checked, rejected = replies.check_round(contents, self.senders(), self.contract(r), self.model, rejected)
+        self._report(r, rejected)
+        accepted = [c for c in honest if not checked[c].silent]
         losses = [0.0] * self.E
-        for c in honest:  # byzbn.fl.fedavg's order: client by client, each step's mean over the honest clients
-            for e, value in enumerate(contents[c][records.METRICS]["train-loss"]):
-                losses[e] += float(value) / len(honest)
-        loss = sum(losses) / self.E
-
-        batches = None if self.run.byzantine_mode == "self" else self._honest_batches(r, honest)
+        for c in accepted:  # byzbn.fl.fedavg's order: client by client, each step's mean over the honest clients
+            for e, value in enumerate(checked[c].losses):
+                losses[e] += value / len(accepted)
+        loss = sum(losses) / self.E if accepted else math.nan
+        self.aggregates = {channel: state.next_step() for channel, state in self.aggregates.items()}
+        self_mode = self.run.byzantine_mode == "self"
+        batches = None if self_mode else self._honest_batches(r, honest)
+        submitting = self.round_clients if self_mode else honest   # the rows the server takes as they come
         theta0 = flat_parameters(self.model)
-        deltas = torch.stack([rows[c] for c in honest])
         with torch.no_grad():
-            if self.run.byzantine_mode == "self":
-                aggregate = self.scenario.channel_aggregator("grads")(torch.stack([rows[c] for c in self.round_clients]))
-            elif not self.scenario.attacks("grads"):
-                aggregate = deltas.mean(dim=0)  # the no-op Byzantine rows leave the mean of the honest updates
-            else:
-                own = torch.stack([rows[c] for c in byzantine]) if self.poisoning else None
-                context = self._context(r, "grads", batches, own)
-                aggregate = context.defense(torch.cat([deltas, byzantine_rows(deltas, self.scenario.channel_attack("grads"),
-                                                                              context)]))
+            own = torch.stack([checked[c].update for c in byzantine]) if self.poisoning and not self_mode else None
+            aggregate, self.aggregates["grads"] = aggregate_updates(
+                self.scenario, self.aggregates["grads"], torch.stack([checked[c].update for c in submitting]),
+                self._context(r, "grads", batches), seed=self.config.seed, own=own)
             load_flat_parameters(self.model, theta0 + aggregate)
-            steps = self._round_stats(contents, honest + (byzantine if self.byzantine_train else []))
+            steps = self._round_stats(checked, honest + (byzantine if self.byzantine_train else []))
             if self.layers and steps and self.scheme.submits_stats(r):
-                self.stats_clamped += self.scheme.server_round(self.layers, steps, self._stats_channel(r, batches), r)
+                channel = stats_channel(self.scenario, self.aggregates["stats"], self._context(r, "stats", batches),
+                                        seed=self.config.seed)
+                self.stats_clamped += self.scheme.server_round(self.layers, steps, channel, r)
+                self.aggregates["stats"] = channel.state
         self.comm_rounds += self.scheme.exchanges(r, len(self.layers))
         self.step_count += self.E
         self.window.append(loss)
@@ -217,35 +248,35 @@ class RobustBNStrategy(Strategy):
                         else non_finite_state(self.model))
         return loss
 
-    def _round_stats(self, contents: dict, clients: list[int]) -> list[BNStats]:
-        """Per local step that recorded statistics, the clients' per-layer ClientStats (rows in client order)."""
-        names = records.bn_layer_names(self.model)
-        per_client = {c: records.record_stats(contents[c].get(records.STATS), self.E, names) for c in clients}
+    def _report(self, r: int, rejected: dict) -> None:
+        if rejected:
+            self.rejected_replies += len(rejected)
+            log(WARNING, "byzbn round %s: %s repl%s rejected (a silent client instead): %s", r + 1, len(rejected),
+                "y" if len(rejected) == 1 else "ies",
+                "; ".join(f"{'client ' if isinstance(k, int) else ''}{k}: {why}" for k, why in rejected.items()))
+
+    def _round_stats(self, checked: dict, clients: list[int]) -> list[BNStats]:
+        """Per local step that records statistics, the clients' per-layer ClientStats (rows in client order)."""
         steps = []
         for e in range(self.E):
-            if any(per_client[c][e] is None for c in clients):
-                continue
-            steps.append(BNStats([concat_rows([per_client[c][e][k] for c in clients]) for k in range(len(names))]))
+            rows = [checked[c].stats[e] for c in clients]
+            if rows and rows[0] is not None:
+                steps.append(BNStats([concat_rows([row[k] for row in rows]) for k in range(len(self.layers))]))
         return steps
 
     def _honest_batches(self, r: int, honest: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The honest clients' stacked batches of the round's first local step (what adaptive attacks see)."""
         data, c = self.run.dataset, self.config
-        parts = [client_batch(data.x_train, data.y_train, self.run.client_indices[i], int(c["batch_size"]),
-                              int(c["seed"]), r * self.E, i) for i in honest]
+        parts = [client_batch(data.x_train, data.y_train, self.run.client_indices[i], c.batch_size,
+                              c.seed, r * self.E, i) for i in honest]
         return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
-    def _context(self, r: int, channel: str, batches, own_rows=None) -> AttackContext:
-        extra = {} if own_rows is None else {"own_rows": own_rows}
-        return AttackContext(self.scenario.n, self.scenario.f, defense=self.scenario.channel_aggregator(channel),
-                             generator=seeds.generator(int(self.config["seed"]), r, seeds.ATTACK_STREAMS[channel]),
-                             step=r, channel=channel, model=self.model, batches=batches, **extra)
-
-    def _stats_channel(self, r: int, batches) -> StatsChannel:
-        if self.run.byzantine_mode == "self":
-            return AsSubmitted(None, self.scenario.fields, self.scenario.channel_aggregator("stats"),
-                               self._context(r, "stats", None))
-        return self.scenario.stats_channel(self._context(r, "stats", batches))
+    def _context(self, r: int, channel: str, batches) -> AttackContext:
+        """The attack's view of `channel` at round r; in the self mode f = 0: the n rows are as they arrived."""
+        f = 0 if self.run.byzantine_mode == "self" else self.scenario.f
+        return AttackContext(self.scenario.n, f, defense=self.scenario.channel_aggregator(channel),
+                             generator=seeds.generator(self.config.seed, r, seeds.ATTACK_STREAMS[channel]),
+                             step=r, channel=channel, model=self.model, batches=batches)
 
     # ------------------------------------------------------------------ evaluation and the run's record
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> Optional[MetricRecord]:
@@ -255,7 +286,7 @@ class RobustBNStrategy(Strategy):
         if server_round > 0 and self.problem is not None:
             self.status = f"diverged: {self.problem}" + ("" if "step" in self.problem else f" after step {self.step_count}")
             self.stopped = True
-        elif server_round > 0 and not (due(self.step_count - self.E, self.step_count, int(self.config["eval_every"]))
+        elif server_round > 0 and not (due(self.step_count - self.E, self.step_count, self.config.eval_every)
                                        or self.step_count == self.steps):
             return None
         acc, loss = evaluate_model(self.model, self.run.dataset.x_test, self.run.dataset.y_test)
@@ -272,7 +303,8 @@ class RobustBNStrategy(Strategy):
         accs = [r["test_acc"] for r in self.records]
         return {"scheme": self.run.scheme, "scenario": self.run.scenario, "final_acc": accs[-1], "best_acc": max(accs),
                 "status": self.status, "steps_done": self.step_count, "comm_rounds": self.comm_rounds,
-                "stats_clamped": self.stats_clamped, "wall_s": round(wall_s, 3)}
+                "stats_clamped": self.stats_clamped, "rejected_replies": self.rejected_replies,
+                "wall_s": round(wall_s, 3)}
 
 
-__all__ = ["NODE_SAMPLE_STREAM", "AsSubmitted", "FlowerRun", "due", "RobustBNStrategy"]
+__all__ = ["NODE_SAMPLE_STREAM", "FlowerRun", "due", "RobustBNStrategy"]

@@ -3,7 +3,9 @@
 Every backend runs byzbn.grid.worker.train on the same tasks, each run on `threads` intra-op threads and
 writing into the same store, so the results do not depend on the backend or on the number of jobs.
 Outcomes are handed to `on_done` in this process as they arrive (the progress bar, results.csv).
-A failing run is a real error: the runs not yet started are cancelled and the error propagates.
+A failing run is a real error: the runs not yet started are cancelled and the error propagates. So does
+an interruption (Ctrl-C, SIGTERM: byzbn.grid.engine), after the local worker processes are stopped; and
+a worker process whose sweep is killed outright dies with it (byzbn.grid.worker.watch_parent).
 """
 from __future__ import annotations
 
@@ -57,15 +59,29 @@ def run_local(tasks: list[Task], on_done: Callable[[Outcome], None], *, jobs: in
             on_done(worker.train(task, setup))
         return
     # spawn, not fork: a forked child would inherit torch's thread pools and locks mid-state.
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=worker.watch_parent, initargs=(os.getpid(),))
     pending = {pool.submit(worker.train, task, setup) for task in tasks}
     try:
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 on_done(future.result())
+    except BaseException:
+        stop_workers(pool)
+        pool.shutdown(wait=True, cancel_futures=True)  # the queues too, before the error propagates
+        raise
     finally:
         pool.shutdown(wait=not pending, cancel_futures=True)
+
+
+def stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's processes now (mid-run: their runs resume from their checkpoints next time)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # the executor has no public handle
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=5)
 
 
 def run_ray(tasks: list[Task], on_done: Callable[[Outcome], None], *, jobs: int, threads: Optional[int] = None,
@@ -101,4 +117,5 @@ def run_ray(tasks: list[Task], on_done: Callable[[Outcome], None], *, jobs: int,
             ray.shutdown()
 
 
-__all__ = ["BACKENDS", "RAY_ENV", "available_cores", "default_jobs", "run_tasks", "run_local", "run_ray"]
+__all__ = ["BACKENDS", "RAY_ENV", "available_cores", "default_jobs", "run_tasks", "run_local", "stop_workers",
+           "run_ray"]

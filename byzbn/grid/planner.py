@@ -3,10 +3,12 @@
 A *scenario cell* is one point × scheme × scenario: one row of results.csv. A *distinct run* is what
 must be trained: cells whose runs compute with the same configuration (byzbn.runs.identity: no-attack
 reads neither attack nor defense, the undefended attack does not read the defense) share one run,
-trained once and stored under one key (byzbn.grid.store). Besides the configuration, a run's identity
-holds a digest of its data partition (what the data-dependent choices of the validator produced) and,
-on CPU, the number of intra-op threads it trains with: torch's CPU reductions split by thread, so the
-same seed on another thread count gives (slightly) other numbers.
+trained once and stored under one key (byzbn.grid.store); without Byzantine clients (f = 0) the
+undefended attack cells of every attack and target are the no-attack run, and the defended ones one run
+per defense and target. Besides the configuration, a run's identity holds a digest of its data
+partition (what the data-dependent choices of the validator produced) and, on CPU, the number of
+intra-op threads it trains with: torch's CPU reductions split by thread, so the same seed on another
+thread count gives (slightly) other numbers.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from byzbn.grid.store import Store, run_key
 from byzbn.runs.config import validate_run
 from byzbn.runs.errors import ArgumentError, one_line
 from byzbn.runs.identity import ignored_keys, run_identity
+from byzbn.runs.run_config import RunConfig
 
 # results.csv's configuration columns besides the axes: what the tables and plots group by.
 ID_COLUMNS = ("clients", "byzantine", "heterogeneity", "attack", "target", "pre", "defense", "seed")
@@ -57,6 +60,7 @@ class SweepPlan:
     runs: dict[str, Run] = field(default_factory=dict)  # in the order the cells first need them
     devices: set = field(default_factory=set)
     unattacked: dict = field(default_factory=dict)  # why a scheme × attack has no attack cells -> its points
+    data: dict = field(default_factory=dict)  # dataset -> {test_samples, classes}: the noise floor, chance accuracy
 
     def states(self, store: Store) -> dict[str, str]:
         """key -> 'done' | 'started' | 'new'."""
@@ -76,11 +80,11 @@ def run_namespace(options: dict, out=None, resume: bool = False) -> argparse.Nam
     return argparse.Namespace(**options, out=None if out is None else str(out), resume=resume, quiet=True)
 
 
-def identity_of(config: dict, client_indices: torch.Tensor, scheme: str, scenario: str, threads: int) -> dict:
+def identity_of(config: RunConfig, client_indices: torch.Tensor, scheme: str, scenario: str, threads: int) -> dict:
     """What the run computes with: the scenario's configuration, the partition and (CPU) the thread count."""
     identity = run_identity(config, scheme, scenario)
     identity["partition"] = partition_digest(client_indices)
-    if config["device"] == "cpu":
+    if config.device == "cpu":
         identity["threads"] = threads
     return identity
 
@@ -90,26 +94,29 @@ def _columns(assignment: dict, config: dict) -> dict:
     return {k: value_text(config[k] if k in config else assignment[k]) for k in keys}
 
 
-def plan_sweep(spec: SweepSpec, threads: int, datasets: dict | None = None) -> SweepPlan:
+def plan_sweep(spec: SweepSpec, threads: int) -> SweepPlan:
     """Validate every point (ArgumentError naming the point and the flag) and collect cells and runs.
 
-    Loads the data (cached in `datasets`) but writes nothing.
+    Loads the data (byzbn.data.load_dataset caches it) but writes nothing.
     """
     plan = SweepPlan(spec, threads)
     for assignment, options in spec.points():
         try:
-            checked = validate_run(run_namespace(options), datasets, compared=list(spec.axes["schemes"]))
+            checked = validate_run(run_namespace(options), compared=list(spec.axes["schemes"]))
         except ArgumentError as error:
             raise ArgumentError(f"{one_line(error)} (at {describe(assignment)})") from error
-        plan.devices.add(checked.config["device"])
+        plan.devices.add(checked.config.device)
+        plan.data.setdefault(value_text(checked.config.dataset), {
+            "test_samples": int(checked.dataset.x_test.shape[0]), "classes": int(checked.dataset.num_classes)})
         for reason in checked.unattacked.values():
             plan.unattacked[reason] = plan.unattacked.get(reason, 0) + 1
         for scheme, scenario in checked.runs:
             identity = identity_of(checked.config, checked.client_indices, scheme, scenario, threads)
             key = run_key(identity)
-            run = plan.runs.setdefault(key, Run(key, identity, options, scheme, scenario))
+            # the scenario it computes: at f = 0 the undefended attack is the no-attack run (byzbn.runs.identity)
+            run = plan.runs.setdefault(key, Run(key, identity, options, scheme, identity["scenario"]))
             run.cells += 1
-            plan.cells.append(Cell(assignment, scheme, scenario, key, _columns(assignment, checked.config)))
+            plan.cells.append(Cell(assignment, scheme, scenario, key, _columns(assignment, checked.config.to_json())))
         del checked  # its dataset stays cached; the partition and built objects go
     return plan
 

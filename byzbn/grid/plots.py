@@ -1,9 +1,10 @@
 """heatmap.png and breakdown.png: the worst case over attacks (byzbn.grid.worst) at a glance.
 
 heatmap.png: one panel per scheme (× other swept option) and defense; x = f, y = heterogeneity, colour and
-number = worst-case final accuracy (%). breakdown.png: one panel per heterogeneity (× other swept option)
-and scheme; worst-case accuracy against f/n, one line per defense with a ±std band over seeds, and the
-no-attack reference dashed. Both read nothing but results.csv's rows; `heatmap_matrices` and
+number = worst-case final accuracy (%), a second line ± its 95 % interval over seeds, hatched when the
+interval is wider than WIDE points either side. breakdown.png: one panel per heterogeneity (× other
+swept option) and scheme; worst-case accuracy against f/n, one line per defense with its 95 % interval
+as a band, and the no-attack reference dashed. Both read nothing but results.csv's rows; `heatmap_matrices` and
 `breakdown_lines` are exactly what is drawn.
 """
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from byzbn.grid.worst import METRICS, NO_ATTACK, axes_of, panel_text, reference, worst_case
+from byzbn.grid.worst import DEFAULT_CLASSES, METRICS, NO_ATTACK, axes_of, panel_text, reference, worst_case
 from byzbn.runs.results import atomic_write_bytes
 
 MARKERS = "osD^vP*Xh<>"  # one per defense: coinciding curves stay visible
+WIDE = 5.0  # a heatmap cell whose 95 % interval is wider than ± this many points is hatched
+CHANCE = 1 / DEFAULT_CLASSES
 
 
 def _pyplot():
@@ -36,9 +39,10 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-def heatmap_matrices(rows: list[dict], metric: str = "final_acc") -> dict:
-    """{(scheme, panel, defense): [heterogeneity × f] array of worst-case accuracy in %, NaN where absent}."""
-    worst, axes = worst_case(rows, metric), axes_of(rows)
+def heatmap_matrices(rows: list[dict], metric: str = "final_acc", chance: float = CHANCE, half: bool = False) -> dict:
+    """{(scheme, panel, defense): [heterogeneity × f] array of worst-case accuracy in %, NaN where absent};
+    with `half`, the half-widths of their 95 % intervals instead (NaN with one seed)."""
+    worst, axes = worst_case(rows, metric, chance), axes_of(rows)
     hets, fs = axes["heterogeneities"], axes["fs"]
     out = {}
     for scheme in axes["schemes"]:
@@ -48,17 +52,18 @@ def heatmap_matrices(rows: list[dict], metric: str = "final_acc") -> dict:
                 for i, het in enumerate(hets):
                     for j, f in enumerate(fs):
                         value = worst.get((scheme, defense, panel, het, f))
-                        if value is not None:
-                            grid[i, j] = 100 * value.mean
+                        if value is not None and not (half and value.half is None):
+                            grid[i, j] = 100 * (value.half if half else value.mean)
                 if not np.isnan(grid).all():
                     out[(scheme, panel, defense)] = grid
     return out
 
 
-def heatmap_figure(rows: list[dict], metric: str = "final_acc"):
+def heatmap_figure(rows: list[dict], metric: str = "final_acc", chance: float = CHANCE):
     """The heatmap figure; its axes follow heatmap_matrices' order, row-major."""
     plt = _pyplot()
-    matrices, axes_order = heatmap_matrices(rows, metric), axes_of(rows)
+    matrices, axes_order = heatmap_matrices(rows, metric, chance), axes_of(rows)
+    halves = heatmap_matrices(rows, metric, chance, half=True)
     hets, fs, defenses = axes_order["heterogeneities"], axes_order["fs"], axes_order["defenses"]
     row_keys = list(dict.fromkeys((scheme, panel) for scheme, panel, _ in matrices))
     cols = len(defenses)
@@ -75,10 +80,16 @@ def heatmap_figure(rows: list[dict], metric: str = "final_acc"):
                 ax.axis("off")
                 continue
             image = ax.imshow(matrix, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+            spread = halves.get((scheme, panel, defense))
             for i in range(len(hets)):
                 for j in range(len(fs)):
                     text = "–" if np.isnan(matrix[i, j]) else f"{matrix[i, j]:.0f}"
                     ax.text(j, i, text, ha="center", va="center", fontsize="small")
+                    if spread is not None and not np.isnan(spread[i, j]):
+                        ax.text(j, i + 0.3, f"±{spread[i, j]:.0f}", ha="center", va="center", fontsize="x-small")
+                        if spread[i, j] > WIDE:
+                            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//",
+                                                       linewidth=0, alpha=0.4))
             ax.set_xticks(range(len(fs)), [str(f) for f in fs])
             ax.set_yticks(range(len(hets)), hets if c == 0 else [], fontsize="small")
             ax.set_title(" · ".join(filter(None, [scheme, defense, panel_text(panel)])), fontsize="small")
@@ -89,10 +100,10 @@ def heatmap_figure(rows: list[dict], metric: str = "final_acc"):
     return fig
 
 
-def breakdown_lines(rows: list[dict], metric: str = "final_acc") -> dict:
-    """{(heterogeneity, panel, scheme, line): (f/n list, mean % list, std % list)}; line is a defense or
-    'no attack' (the reference)."""
-    worst, ref, axes = worst_case(rows, metric), reference(rows, metric), axes_of(rows)
+def breakdown_lines(rows: list[dict], metric: str = "final_acc", chance: float = CHANCE) -> dict:
+    """{(heterogeneity, panel, scheme, line): (f/n list, mean % list, 95 % interval half-width % list)};
+    line is a defense or 'no attack' (the reference)."""
+    worst, ref, axes = worst_case(rows, metric, chance), reference(rows, metric, chance), axes_of(rows)
     out = {}
     for het in axes["heterogeneities"]:
         for panel in axes["panels"]:
@@ -103,16 +114,16 @@ def breakdown_lines(rows: list[dict], metric: str = "final_acc") -> dict:
                         value = (ref.get((scheme, panel, het, f)) if line == NO_ATTACK
                                  else worst.get((scheme, line, panel, het, f)))
                         if value is not None:
-                            points.append((f / value.clients, 100 * value.mean, 100 * (value.std or 0.0)))
+                            points.append((f / value.clients, 100 * value.mean, 100 * (value.half or 0.0)))
                     if points:
                         out[(het, panel, scheme, line)] = tuple(list(t) for t in zip(*points))
     return out
 
 
-def breakdown_figure(rows: list[dict], metric: str = "final_acc"):
+def breakdown_figure(rows: list[dict], metric: str = "final_acc", chance: float = CHANCE):
     """The breakdown figure: a row per heterogeneity (× panel), a column per scheme."""
     plt = _pyplot()
-    lines, axes = breakdown_lines(rows, metric), axes_of(rows)
+    lines, axes = breakdown_lines(rows, metric, chance), axes_of(rows)
     row_keys = [(het, panel) for het in axes["heterogeneities"] for panel in axes["panels"]
                 if any(k[:2] == (het, panel) for k in lines)]
     schemes = axes["schemes"]
@@ -128,11 +139,11 @@ def breakdown_figure(rows: list[dict], metric: str = "final_acc"):
                 data = lines.get((het, panel, scheme, line))
                 if data is None:
                     continue
-                xs, ys, stds = data
+                xs, ys, halves = data
                 style = styles[line]
                 ax.plot(xs, ys, label=line, **style)
-                if any(stds):
-                    ax.fill_between(xs, [y - s for y, s in zip(ys, stds)], [y + s for y, s in zip(ys, stds)],
+                if any(halves):
+                    ax.fill_between(xs, [y - s for y, s in zip(ys, halves)], [y + s for y, s in zip(ys, halves)],
                                     alpha=0.15, linewidth=0, color=style["color"])
             ax.set_title(" · ".join(filter(None, [scheme, f"heterogeneity {het}", panel_text(panel)])),
                          fontsize="small")
@@ -151,12 +162,12 @@ def breakdown_figure(rows: list[dict], metric: str = "final_acc"):
     return fig
 
 
-def write_plots(out: Path, rows: list[dict], metric: str = "final_acc") -> list[str]:
+def write_plots(out: Path, rows: list[dict], metric: str = "final_acc", chance: float = CHANCE) -> list[str]:
     """heatmap.png and breakdown.png in `out` when the grid has attack cells; the names written."""
     if not any(r["scenario"] != "no-attack" and r.get(metric) is not None for r in rows):
         return []
-    _save(heatmap_figure(rows, metric), Path(out) / "heatmap.png")
-    _save(breakdown_figure(rows, metric), Path(out) / "breakdown.png")
+    _save(heatmap_figure(rows, metric, chance), Path(out) / "heatmap.png")
+    _save(breakdown_figure(rows, metric, chance), Path(out) / "breakdown.png")
     return ["heatmap.png", "breakdown.png"]
 
 

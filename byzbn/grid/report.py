@@ -10,30 +10,63 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from byzbn.grid.table import markdown_lines
-from byzbn.grid.worst import METRICS, NO_ATTACK, axes_of, breakdown_points, panel_text, reference, worst_case
+from byzbn.grid.intervals import INTERVAL_TEXT, noise_floor_text, paired_difference
+from byzbn.grid.table import DIAGNOSTIC_COLUMNS, markdown_lines
+from byzbn.grid.worst import (METRICS, NO_ATTACK, attacks_covered, axes_of, breakdown_points, chance_of, diverged,
+                              panel_text, reference, test_samples_of, worst_case)
 from byzbn.runs.results import atomic_write_text
+
+# A combination "at chance" (worst case within this much accuracy of 1/classes) is never called the most robust.
+AT_CHANCE = 0.01
 
 
 def _pct(value) -> str:
-    if value is None:
-        return "–"
-    return f"{100 * value.mean:.1f}" + (f" ± {100 * value.std:.1f}" if value.std is not None else "")
+    return "–" if value is None else value.text()
 
 
 def _clients(rows: list[dict], f: int) -> int:
     return next(r["clients"] for r in rows if r["byzantine"] == f)
 
 
-def worst_case_tables(rows: list[dict], metric: str = "final_acc") -> str:
-    """Markdown: per heterogeneity (× panel) a table f × (scheme: no attack, then each defense), the worst
-    case over attacks in each cell (its attack in brackets when there are several) and the best defended
-    or undefended combination of each row in bold."""
-    worst, ref, axes = worst_case(rows, metric), reference(rows, metric), axes_of(rows)
-    several = len({(r["attack"], r.get("attack_param")) for r in rows if r["scenario"] != "no-attack"}) > 1
+def seeds_text(rows: list[dict]) -> str:
+    """'mean over 3 seeds ± the 95 % Student-t interval over seeds' (said once per page), or 'one seed (no
+    interval)'."""
     seeds = len({r["seed"] for r in rows})
-    lines = [f"Worst case over attacks of the {METRICS.get(metric, metric)} (%), "
-             f"{'mean ± std over ' + str(seeds) + ' seeds' if seeds > 1 else '1 seed'}; "
+    return f"mean over {seeds} seeds ± the {INTERVAL_TEXT}" if seeds > 1 else "one seed (no interval)"
+
+
+# results.csv columns that are a cell's outcome, not what it configures.
+_OUTCOME = frozenset({"seed", "run", "run_dir", "wall_s", "steps_done", "final_acc", "best_acc", "status", "comm_rounds",
+                      "stats_clamped", *DIAGNOSTIC_COLUMNS})
+
+
+def noise_floor(rows: list[dict], record: Optional[dict], metric: str = "final_acc") -> str:
+    """The page's noise floor: the seed-to-seed std pooled over the distinct cells (cells answered by the
+    same runs counted once) and the binomial standard error of the test set at the mean accuracy."""
+    cells: dict = {}
+    for r in rows:
+        if r.get(metric) is not None and not diverged(r):
+            key = tuple((k, v) for k, v in r.items() if k not in _OUTCOME)
+            cells.setdefault(key, {})[r["seed"]] = (r.get("run", id(r)), r[metric])
+    distinct = {tuple(sorted(by_seed.items())): [acc for _, acc in by_seed.values()] for by_seed in cells.values()}
+    return noise_floor_text(list(distinct.values()), test_samples_of(record))
+
+
+def coverage_text(rows: list[dict], chance: float) -> str:
+    """Which attacks the worst case is over, and how a diverged run counts."""
+    attacks = attacks_covered(rows)
+    return (f"The worst case is over {len(attacks)} attack{'s' if len(attacks) != 1 else ''}: "
+            f"{', '.join(attacks) if attacks else 'none'}; a diverged run counts as chance accuracy "
+            f"({100 * chance:.0f} %) there and is shown as \"k/K diverged\".")
+
+
+def worst_case_tables(rows: list[dict], metric: str = "final_acc", chance: float = 0.1) -> str:
+    """Markdown: per heterogeneity (× panel) a table f × (scheme: no attack, then each defense), the worst
+    case over attacks in each cell (mean ± 95 % interval over seeds; its attack in brackets when there
+    are several) and the best defended or undefended combination of each row in bold."""
+    worst, ref, axes = worst_case(rows, metric, chance), reference(rows, metric, chance), axes_of(rows)
+    several = len({(r["attack"], r.get("attack_param")) for r in rows if r["scenario"] != "no-attack"}) > 1
+    lines = [f"Worst case over attacks of the {METRICS.get(metric, metric)} (%), {seeds_text(rows)}; "
              f"best combination per row in bold; `{NO_ATTACK}` is the reference.", ""]
     for het in axes["heterogeneities"]:
         for panel in axes["panels"]:
@@ -51,10 +84,12 @@ def worst_case_tables(rows: list[dict], metric: str = "final_acc") -> str:
                     continue
                 attacked = [v.mean for v, (_, d) in zip(values, columns) if v is not None and d != NO_ATTACK]
                 best = max(attacked) if attacked else None
+                unique = best is not None and attacked.count(best) == 1 and best > chance + AT_CHANCE
                 row = [f"{f} ({f / _clients(rows, f):.2f})"]
                 for v, (_, d) in zip(values, columns):
-                    text = _pct(v) + (f" ({v.attack})" if v is not None and several and v.attack else "")
-                    row.append(f"**{text}**" if v is not None and d != NO_ATTACK and v.mean == best else text)
+                    text = _pct(v) + (f" ({v.attack})" if v is not None and several and v.attack and f > 0 else "")
+                    bold = unique and v is not None and d != NO_ATTACK and v.mean == best
+                    row.append(f"**{text}**" if bold else text)
                 body.append(row)
             if not body:
                 continue
@@ -63,9 +98,10 @@ def worst_case_tables(rows: list[dict], metric: str = "final_acc") -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def breakdown_table(rows: list[dict], tolerance: float, metric: str = "final_acc") -> str:
-    """Markdown: the breakdown point (largest f/n within tolerance of no-attack) per scheme × defense."""
-    points, axes = breakdown_points(worst_case(rows, metric), reference(rows, metric), tolerance), axes_of(rows)
+def breakdown_table(rows: list[dict], tolerance: float, metric: str = "final_acc", chance: float = 0.1) -> str:
+    """Markdown: the breakdown point per scheme × defense (censored at the largest f tested)."""
+    points = breakdown_points(worst_case(rows, metric, chance), reference(rows, metric, chance), tolerance)
+    axes = axes_of(rows)
     head = ["scheme", "defense"] + [f"{het}" + (f", {panel_text(p)}" if p else "")
                                     for het in axes["heterogeneities"] for p in axes["panels"]]
     body = []
@@ -74,18 +110,28 @@ def breakdown_table(rows: list[dict], tolerance: float, metric: str = "final_acc
             keys = [(scheme, defense, p, het) for het in axes["heterogeneities"] for p in axes["panels"]]
             if not any(k in points for k in keys):
                 continue
-            body.append([scheme, defense] + ["–" if points.get(k) is None else f"{points[k]:.2f}" for k in keys])
-    intro = (f"Breakdown point: the largest f/n up to which the worst case over attacks stays within "
-             f"{100 * tolerance:g} points of the no-attack accuracy at every f of the grid (– : not even at the "
-             f"smallest f). Columns: heterogeneity.")
+            body.append([scheme, defense] + ["–" if k not in points else points[k].text() for k in keys])
+    intro = (f"Breakdown point: the largest f/n up to which the paired drop from no attack to the worst case "
+             f"over attacks (per seed) has its 95 % interval's upper end within {100 * tolerance:g} points at "
+             f"every f of the grid; \"≥ x (largest f tested)\" when the grid never crosses the tolerance. "
+             f"Columns: heterogeneity.")
     return "\n".join([intro, ""] + markdown_lines(head, body)) + "\n"
 
 
-def findings(rows: list[dict], tolerance: float, metric: str = "final_acc") -> list[str]:
+def _by_seed(worst: dict, scheme: str, defense: str, panel: tuple, het: str) -> dict:
+    """{seed: the mean over f > 0 of the worst case at that seed} of one scheme × defense: what pairs compare."""
+    curves = [dict(v.by_seed) for (s, d, p, h, f), v in worst.items() if (s, d, p, h) == (scheme, defense, panel, het)
+              and f > 0]
+    seeds = set.intersection(*(set(c) for c in curves)) if curves else set()
+    return {seed: statistics.fmean(c[seed] for c in curves) for seed in sorted(seeds)}
+
+
+def findings(rows: list[dict], tolerance: float, metric: str = "final_acc", chance: float = 0.1) -> list[str]:
     """What the figures show, per heterogeneity (× panel): the most robust scheme × defense (highest mean of
-    its worst case over the grid's f > 0) and the undefended worst case at the largest f."""
-    worst, axes = worst_case(rows, metric), axes_of(rows)
-    points = breakdown_points(worst, reference(rows, metric), tolerance)
+    its worst case over the grid's f > 0; none when the best is tied or at chance) and the undefended worst
+    case at the largest f."""
+    worst, axes = worst_case(rows, metric, chance), axes_of(rows)
+    points = breakdown_points(worst, reference(rows, metric, chance), tolerance)
     out = []
     for het in axes["heterogeneities"]:
         for panel in axes["panels"]:
@@ -96,17 +142,33 @@ def findings(rows: list[dict], tolerance: float, metric: str = "final_acc") -> l
                     scores.setdefault((scheme, defense), []).append(value.mean)
             if not scores:
                 continue
-            (scheme, defense), means = max(scores.items(), key=lambda item: statistics.fmean(item[1]))
-            point = points.get((scheme, defense, panel, het))
-            out.append(f"At {where}, the most robust combination is {scheme} with {defense}: "
-                       f"{100 * statistics.fmean(means):.1f}% worst-case accuracy on average over f > 0, breakdown "
-                       f"point {'below the smallest f/n' if point is None else f'{point:.2f}'}.")
+            ranked = sorted(((statistics.fmean(m), pair) for pair, m in scores.items()), reverse=True)
+            score, (scheme, defense) = ranked[0]
+            if score <= chance + AT_CHANCE:
+                out.append(f"At {where}, no combination keeps its worst case above chance ({100 * chance:.0f} %) "
+                           f"on average over f > 0.")
+            elif len(ranked) > 1 and ranked[1][0] == score:
+                tied = [f"{s} with {d}" for m, (s, d) in ranked if m == score]
+                out.append(f"At {where}, {', '.join(tied)} tie at {100 * score:.1f}% worst-case accuracy on average "
+                           f"over f > 0.")
+            else:
+                point = points.get((scheme, defense, panel, het))
+                line = (f"At {where}, the highest worst case is {scheme} with {defense}: "
+                        f"{100 * score:.1f}% on average over f > 0, breakdown point "
+                        f"{'–' if point is None else point.text()}")
+                if len(ranked) > 1:
+                    _, (s2, d2) = ranked[1]
+                    lead = paired_difference(_by_seed(worst, scheme, defense, panel, het),
+                                             _by_seed(worst, s2, d2, panel, het))
+                    line += (f"; {'–' if lead is None else lead.text(signed=True)} points above the next, {s2} with "
+                             f"{d2} (paired over seeds)")
+                out.append(line + ".")
             top = max(axes["fs"])
             for s in axes["schemes"]:
                 value = worst.get((s, "no defense", panel, het, top))
                 if value is not None:
                     worst_attack = value.attack or "several attacks tie"
-                    out.append(f"At {where}, {s} without defense falls to {100 * value.mean:.1f}% at f = {top} "
+                    out.append(f"At {where}, {s} without defense falls to {value.text()}% at f = {top} "
                                f"(worst attack: {worst_attack}).")
     return out
 
@@ -146,20 +208,27 @@ def report_text(rows: list[dict], record: dict, tolerance: float, images: list[s
              f"{record['wall_s']:.0f} s wall time, backend {record['backend']}, {record['jobs']} "
              f"job{'s' if record['jobs'] != 1 else ''} × {record['threads']} thread{'s' if record['threads'] != 1 else ''}"
              "." + _machine_text(record.get("machine")), "", "## Grid", ""] + _grid_lines(record) + [""]
-    found = findings(rows, tolerance, metric)
+    chance = chance_of(record)
+    lines += ["## Statistics", "", f"Numbers: {seeds_text(rows)}, in % of test accuracy. "
+              + noise_floor(rows, record, metric)]
+    if any(r["scenario"] != "no-attack" for r in rows):
+        lines += ["", coverage_text(rows, chance)]
+    lines += [""]
+    found = findings(rows, tolerance, metric, chance)
     if found:
         lines += ["## What the figures show", ""] + [f"- {line}" for line in found] + [""]
     if "heatmap.png" in images:
         lines += ["## Worst case over attacks: heatmap", "",
                   f"![heatmap]({image_dir}heatmap.png)", "",
                   "Per scheme and defense: x = f, y = heterogeneity, colour and number = the worst-case final "
-                  "accuracy (%) over the grid's attacks (mean over seeds).", ""]
+                  "accuracy (%) over the grid's attacks (mean over seeds; second line: ± the 95 % interval, "
+                  "hatched when wider than ±5 points).", ""]
     if "breakdown.png" in images:
         lines += ["## Breakdown curves", "", f"![breakdown]({image_dir}breakdown.png)", "",
-                  "Worst-case accuracy against f/n per scheme, one line per defense (band: ± std over seeds), "
-                  "the no-attack reference dashed.", "", breakdown_table(rows, tolerance, metric)]
+                  "Worst-case accuracy against f/n per scheme, one line per defense (band: the 95 % interval "
+                  "over seeds), the no-attack reference dashed.", "", breakdown_table(rows, tolerance, metric, chance)]
     if any(r["scenario"] != "no-attack" for r in rows):
-        lines += ["## Worst-case table", "", worst_case_tables(rows, metric)]
+        lines += ["## Worst-case table", "", worst_case_tables(rows, metric, chance)]
     lines += ["## Files", "", "results.csv (one row per scenario cell), table.md, heatmap.png, breakdown.png, "
               "sweep.json (the grid and the counts); the runs in the store (`run_dir` in results.csv)."]
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -167,8 +236,10 @@ def report_text(rows: list[dict], record: dict, tolerance: float, images: list[s
 
 def write_reports(out: Path, rows: list[dict], record: dict, tolerance: float, images: list[str]) -> None:
     """table.md and report.md in `out`."""
-    table = worst_case_tables(rows) if any(r["scenario"] != "no-attack" for r in rows) else \
+    table = worst_case_tables(rows, chance=chance_of(record)) if any(r["scenario"] != "no-attack" for r in rows) else \
         "This grid has no attack scenario: see results.csv.\n"
+    if any(r["scenario"] != "no-attack" for r in rows):
+        table += f"\n{coverage_text(rows, chance_of(record))} {noise_floor(rows, record)}\n"
     atomic_write_text(Path(out) / "table.md", f"# Worst case over attacks: {record['name']}\n\n{table}")
     atomic_write_text(Path(out) / "report.md", report_text(rows, record, tolerance, images))
 
@@ -185,4 +256,5 @@ def write_docs_page(page: Path, out: Path, rows: list[dict], record: dict, toler
     atomic_write_text(page, report_text(rows, record, tolerance, images, image_dir=f"{folder.name}/"))
 
 
-__all__ = ["worst_case_tables", "breakdown_table", "findings", "report_text", "write_reports", "write_docs_page"]
+__all__ = ["AT_CHANCE", "seeds_text", "noise_floor", "coverage_text", "worst_case_tables", "breakdown_table", "findings",
+           "report_text", "write_reports", "write_docs_page"]

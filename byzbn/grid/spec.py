@@ -4,6 +4,11 @@ Options are attack_eval's, by their argparse names (dest: `byzantine`, `attack_p
 values attack_eval's parser would produce. `schemes` is always an axis of single scheme names: every
 result is per scheme. The first axis varies slowest, so a sweep whose first axis is the seed completes
 one seed's picture before starting the next.
+
+A partial grid (a "ladder": one axis varied at a time around a base point) is a union of rungs: each rung
+is a full {option: values} product, and the grid is every point of any rung, each point once, rung by
+rung. `axes` then lists every option some rung varies, with the values it takes anywhere (the columns of
+the results), and `rungs` holds the products.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ class SweepSpec:
     fixed: dict[str, Any]
     name: str = "sweep"
     notes: dict = field(default_factory=dict)  # what the command wants recorded (its command line, ...)
+    rungs: tuple = ()  # () for a full grid; else the {option: values} products whose union is the grid
 
     def __post_init__(self):
         both = set(self.axes) & set(self.fixed)
@@ -30,17 +36,37 @@ class SweepSpec:
         empty = [k for k, values in self.axes.items() if not values]
         if empty:
             raise ValueError(f"empty axes: {empty}")
+        for rung in self.rungs:
+            if set(rung) != set(self.axes) or any(v not in self.axes[k] for k, values in rung.items() for v in values):
+                raise ValueError(f"a rung must give values for exactly the axes {list(self.axes)}, each among the "
+                                 f"axis' values; got {rung}")
+
+    def iter_assignments(self):
+        """One {axis: value} per point, lazily: the first axis varying slowest (rung by rung for a ladder)."""
+        keys = list(self.axes)
+        if not self.rungs:
+            for values in itertools.product(*(self.axes[k] for k in keys)):
+                yield dict(zip(keys, values))
+            return
+        seen = set()
+        for rung in self.rungs:
+            for values in itertools.product(*(rung[k] for k in keys)):
+                marker = repr(values)
+                if marker not in seen:
+                    seen.add(marker)
+                    yield dict(zip(keys, values))
 
     def assignments(self) -> list[dict]:
         """One {axis: value} per point, the first axis varying slowest."""
-        keys = list(self.axes)
-        return [dict(zip(keys, values)) for values in itertools.product(*(self.axes[k] for k in keys))]
+        return list(self.iter_assignments())
 
     def points(self) -> list[tuple[dict, dict]]:
         """(assignment, the point's full options) for every point of the grid."""
         return [(a, {**self.fixed, **a}) for a in self.assignments()]
 
     def size(self) -> int:
+        if self.rungs:
+            return sum(1 for _ in self.iter_assignments())
         count = 1
         for values in self.axes.values():
             count *= len(values)

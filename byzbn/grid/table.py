@@ -2,9 +2,10 @@
 
 Columns: scheme, scenario, every other axis of the grid, the configuration columns the tables and plots
 group by (byzbn.grid.planner.ID_COLUMNS), then the cell's result: final and best test accuracy, status,
-steps done, communication rounds, clamped statistics, wall time of its run, and the run's key and
-directory. Cells answered by one shared run repeat its result. Cells whose run has not finished
-(a partial results.csv) have empty result columns.
+steps done, communication rounds, clamped statistics, wall time of its run (with --diagnostics, the
+final and mean value of each averaged diagnostic), and the run's key and directory. Cells answered by
+one shared run repeat its result. Cells whose run has not finished (a partial results.csv) have empty
+result columns.
 """
 from __future__ import annotations
 
@@ -14,20 +15,23 @@ from pathlib import Path
 from typing import Optional
 
 from byzbn.runs import results
+from byzbn.runs.diagnostics_report import SUMMARY_COLUMNS as DIAGNOSTIC_COLUMNS, has_diagnostics
 
 RESULT_COLUMNS = ("final_acc", "best_acc", "status", "steps_done", "comm_rounds", "stats_clamped", "wall_s")
 RUN_COLUMNS = ("run", "run_dir")
 INTEGER_COLUMNS = frozenset({"clients", "byzantine", "seed", "steps_done", "comm_rounds", "stats_clamped"})
-FLOAT_COLUMNS = frozenset({"final_acc", "best_acc", "wall_s"})
+FLOAT_COLUMNS = frozenset({"final_acc", "best_acc", "wall_s", *DIAGNOSTIC_COLUMNS})
 
 
 def cell_rows(cells, outcomes: dict, store_path) -> list[dict]:
     """The rows of results.csv: `cells` (byzbn.grid.planner.Cell) with `outcomes` {key: summary entry}."""
     rows = []
+    # A sweep with --diagnostics adds their final and mean values (byzbn.runs.diagnostics_report).
+    columns = RESULT_COLUMNS + (DIAGNOSTIC_COLUMNS if any(map(has_diagnostics, outcomes.values())) else ())
     for cell in cells:
         entry: Optional[dict] = outcomes.get(cell.key)
         row = {"scheme": cell.scheme, "scenario": cell.scenario, **cell.columns}
-        row.update({c: ("" if entry is None else entry.get(c)) for c in RESULT_COLUMNS})
+        row.update({c: ("" if entry is None else entry.get(c)) for c in columns})
         row.update(run=cell.key, run_dir=str(store_path(cell.key)))
         rows.append(row)
     return rows
@@ -65,4 +69,5 @@ def read_results(path: Path) -> list[dict]:
         return [{k: _parse(k, v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
-__all__ = ["RESULT_COLUMNS", "RUN_COLUMNS", "cell_rows", "markdown_lines", "write_results", "read_results"]
+__all__ = ["RESULT_COLUMNS", "DIAGNOSTIC_COLUMNS", "RUN_COLUMNS", "cell_rows", "markdown_lines", "write_results",
+           "read_results"]

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Attribute a make_cnn model carries: the qualified names of its normalization modules, forward order.
-NORM_LAYER_NAMES_ATTR = "norm_layer_names"
+from byzbn.nn.norm import NORM_LAYER_NAMES_ATTR
 
 
 class FbnCnn(nn.Module):
@@ -86,10 +85,10 @@ def make_cnn(input_shape: tuple[int, int, int], num_classes: int, width: float =
 
 
 def norm_layers(model: nn.Module) -> list[nn.Module]:
-    """The normalization modules of a make_cnn model, in forward order (looked up by name, so a layer
-    swapped in after construction is the one returned)."""
+    """The normalization modules of a make_cnn or byzbn.nn.federate model, in forward order (looked up by
+    name, so a layer swapped in after construction is the one returned)."""
     names = getattr(model, NORM_LAYER_NAMES_ATTR, None)
     if not isinstance(model, nn.Module) or names is None:
-        raise ValueError(f"model must be built by make_cnn (it lists its normalization layers in "
+        raise ValueError(f"model must be built by make_cnn or byzbn.nn.federate (it lists its normalization layers in "
                          f"`{NORM_LAYER_NAMES_ATTR}`), got {type(model).__name__}")
     return [model.get_submodule(name) for name in names]

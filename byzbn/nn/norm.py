@@ -4,7 +4,7 @@ The runner stacks the client batches into one tensor [clients·B, C, *spatial] a
 forward/backward for the whole federation. Each `FederatedBatchNorm` views its input as
 [clients, B, C, *spatial] and computes per-client statistics with `byzbn.kernels.client_stats` (Triton
 on CUDA). What it normalizes with, and what it returns besides its output, is the BNPass of the pass it
-runs in (byzbn.nn.bn_pass); outside any pass it is plain per-batch BN. In eval mode it is plain BN with
+runs in (byzbn.nn.bn_passes); outside any pass it is plain per-batch BN. In eval mode it is plain BN with
 the server's running statistics: the model the server evaluates.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from byzbn import stats as bnstats
-from byzbn.nn.bn_pass import BNPass, LayerOutput, PassRecord
+from byzbn.nn.bn_passes import BNPass, LayerOutput, PassRecord
 from byzbn.nn.functional import KernelClientBatchNorm, client_moments
 
 class FederatedBatchNorm(nn.Module):
@@ -24,7 +24,7 @@ class FederatedBatchNorm(nn.Module):
 
     Parameters (affine weight/bias) and buffers (running_mean/var: the server's global statistics)
     have BatchNorm2d's names and meaning (running_var tracks the unbiased variance); there is no
-    num_batches_tracked, as the momentum is fixed. `active_pass` is set only by byzbn.nn.bn_pass.
+    num_batches_tracked, as the momentum is fixed. `active_pass` is set only by byzbn.nn.run_bn_pass.
     """
 
     default_pass: ClassVar[BNPass] = BNPass()  # what the layer does in training mode outside any pass
@@ -45,7 +45,7 @@ class FederatedBatchNorm(nn.Module):
         self.active_pass: Optional[tuple[BNPass, PassRecord]] = None
 
     @property
-    def bn_pass(self) -> BNPass:
+    def current_pass(self) -> BNPass:
         """The BNPass this layer runs now (plain per-batch BN outside any pass)."""
         return self.default_pass if self.active_pass is None else self.active_pass[0]
 
@@ -131,9 +131,21 @@ class HybridBatchNorm(FederatedBatchNorm):
         return (1 - a) * self.running_mean + a * mean, (1 - a) * self.running_var + a * var
 
 
+# Attribute a model built by make_cnn or byzbn.nn.federate carries: the qualified names of its
+# normalization modules in forward order (registration order need not be the order a forward runs them).
+NORM_LAYER_NAMES_ATTR = "norm_layer_names"
+
+
 def federated_bn_layers(model: nn.Module) -> list[FederatedBatchNorm]:
-    """The model's FederatedBatchNorm layers in registration order (the CNN's forward order)."""
-    return [m for m in model.modules() if isinstance(m, FederatedBatchNorm)]
+    """The model's FederatedBatchNorm layers in forward order.
+
+    The order is the model's `norm_layer_names` (make_cnn and byzbn.nn.federate record it; looked up by
+    name, so a layer swapped in later is the one returned), else registration order. Every per-layer
+    list a run keeps (statistics rows, the concatenated submission, the running statistics) follows it.
+    """
+    names = getattr(model, NORM_LAYER_NAMES_ATTR, None)
+    modules = model.modules() if names is None else (model.get_submodule(name) for name in names)
+    return [m for m in modules if isinstance(m, FederatedBatchNorm)]
 
 
-__all__ = ["FederatedBatchNorm", "HybridBatchNorm", "federated_bn_layers"]
+__all__ = ["NORM_LAYER_NAMES_ATTR", "FederatedBatchNorm", "HybridBatchNorm", "federated_bn_layers"]

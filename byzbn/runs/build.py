@@ -1,9 +1,8 @@
 """What a run's configuration (attack_eval's config.json) means: schemes, algorithm, and the Federation it builds.
 
 Shared by every command (byzbn.cli), the sweep engine (byzbn.grid) and the tools built on them; every
-function takes the config dict
-(argparse's names, local_steps resolved) and raises ValueError with a one-line message, which the
-commands' validator reports as a bad argument.
+function takes the typed run configuration (byzbn.runs.run_config.RunConfig) and raises ValueError with
+a one-line message, which the commands' validator reports as a bad argument.
 """
 from __future__ import annotations
 
@@ -13,16 +12,14 @@ import torch
 
 from byzbn.fl.dsgd import Federation
 from byzbn.fl.fedavg import FedAvgFederation
+from byzbn.fl.federation import FederationBase
 from byzbn.fl.scenario import make_scenario
-from byzbn.nn.models import make_cnn
-from byzbn.schemes import DEFAULT_GROUPS, SCHEMES, make_scheme
+from byzbn.nn.zoo import build_model, model_builder
+from byzbn.runs.run_config import RunConfig
+from byzbn.schemes import SCHEMES, make_scheme
 
 ALGORITHMS = ("dsgd", "fedavg")
 DEFAULT_FEDAVG_LOCAL_STEPS = 5
-# Arguments added after config.json files were first written: a saved config without them ran with
-# these values, so --resume treats a missing key as this value.
-ADDED_DEFAULTS = {"algorithm": "dsgd", "local_steps": 1, "reset_client_momentum": False, "groups": DEFAULT_GROUPS,
-                  "plugins": [], "defense_params": {}, "pre_params": {}}
 
 SCHEME_SUMMARY = """\
     centralized  BN on the union of the honest batches, one machine (reference upper bound, no attack,
@@ -52,23 +49,27 @@ def pre_aggregator_names() -> list[str]:
     return sorted(PRE_AGGREGATORS)
 
 
-def scheme_params(name: str, config: dict) -> dict:
-    """The keyword parameters scheme `name` takes from the command line (see byzbn.schemes.make_scheme)."""
-    if name == "fixbn":
-        return {"freeze": config["fixbn_freeze"]}
-    if name == "groupnorm":
-        return {"groups": config.get("groups", DEFAULT_GROUPS)}
-    return {}
+# The scheme parameters that have an option of their own: option (config name) -> (scheme, parameter).
+# `--fixbn-freeze X` is `--scheme-param fixbn.freeze=X`; a --scheme-param given for the same parameter wins.
+SCHEME_SHORTHANDS = {"fixbn_freeze": ("fixbn", "freeze"), "groups": ("groupnorm", "groups")}
 
 
-def uses_fedavg(name: str, config: dict) -> bool:
+def scheme_params(name: str, config: RunConfig) -> dict:
+    """The keyword parameters scheme `name` is built with: its shorthand options, then its --scheme-param
+    values (config.scheme_params[name]); see byzbn.schemes.make_scheme."""
+    shorthands = {param: getattr(config, option) for option, (scheme, param) in SCHEME_SHORTHANDS.items()
+                  if scheme == name}
+    return {**shorthands, **config.params_of_scheme(name)}
+
+
+def uses_fedavg(name: str, config: RunConfig) -> bool:
     """Whether scheme `name` trains with FedAvg in this configuration (the centralized reference never does)."""
-    return config.get("algorithm", "dsgd") == "fedavg" and SCHEMES[name].attackable
+    return config.algorithm == "fedavg" and SCHEMES[name].attackable
 
 
-def scheme_steps(name: str, config: dict) -> int:
+def scheme_steps(name: str, config: RunConfig) -> int:
     """The `steps` scheme `name` is built with: DSGD steps, or communication rounds under FedAvg."""
-    return config["steps"] // (config.get("local_steps") or 1) if uses_fedavg(name, config) else config["steps"]
+    return config.steps // config.local_steps if uses_fedavg(name, config) else config.steps
 
 
 def runs_attacked(name: str, target: str) -> bool:
@@ -108,34 +109,38 @@ def check_statistics_target(schemes: list[str], attacking: bool, target: str) ->
                          "has nothing to target; use --target grads or both, or add a BN scheme")
 
 
-def dry_build(name: str, config: dict, dataset) -> None:
+def dry_build(name: str, config: RunConfig, dataset) -> None:
     """Build scheme `name`'s model once (on CPU, thrown away) so that a bad combination fails early."""
     scheme = make_scheme(name, scheme_steps(name, config), **scheme_params(name, config))
     try:
-        make_cnn(dataset.input_shape, dataset.num_classes, config["width"], norm=scheme.make_norm)
+        model_builder(config.model)
     except ValueError as error:
-        raise ValueError(f"--schemes {name} at --width {config['width']}: {error}") from error
+        raise ValueError(f"--model {config.model}: {error}") from error
+    try:
+        build_model(config.model, dataset.input_shape, dataset.num_classes, config.width, scheme)
+    except ValueError as error:
+        raise ValueError(f"--model {config.model} --schemes {name} at --width {config.width}: {error}") from error
 
 
-def build_federation(config: dict, name: str, scenario_name: str, dataset, client_indices: torch.Tensor,
-                     device: torch.device, attack, defense) -> Federation:
-    """The Federation (DSGD) or FedAvgFederation of one scheme × scenario run, model seeded by config['seed']."""
+def build_federation(config: RunConfig, name: str, scenario_name: str, dataset, client_indices: torch.Tensor,
+                     device: torch.device, attack, defense) -> FederationBase:
+    """The Federation (DSGD) or FedAvgFederation of one scheme × scenario run, model seeded by config.seed."""
     c = config
     scheme = make_scheme(name, scheme_steps(name, c), **scheme_params(name, c))
-    scenario = make_scenario(scenario_name, c["clients"], c["byzantine"], attack, defense,
-                             target=c["target"], fields=c["attack_fields"])
-    torch.manual_seed(c["seed"])  # the same initial model for every scheme and scenario
-    model = make_cnn(dataset.input_shape, dataset.num_classes, c["width"], norm=scheme.make_norm)
+    scenario = make_scenario(scenario_name, c.clients, c.byzantine, attack, defense,
+                             target=c.target, fields=c.attack_fields)
+    torch.manual_seed(c.seed)  # the same initial model for every scheme and scenario
+    model = build_model(c.model, dataset.input_shape, dataset.num_classes, c.width, scheme)
     model.to(device)
-    common = dict(batch_size=c["batch_size"], lr=c["lr"], momentum=c["momentum"], seed=c["seed"])
+    common = dict(batch_size=c.batch_size, lr=c.lr, momentum=c.momentum, seed=c.seed)
     data = (dataset.x_train.to(device), dataset.y_train.to(device), client_indices)
     if uses_fedavg(name, c):
-        return FedAvgFederation(model, scheme, scenario, *data, local_steps=c["local_steps"],
-                                reset_client_momentum=c.get("reset_client_momentum", False), **common)
+        return FedAvgFederation(model, scheme, scenario, *data, local_steps=c.local_steps,
+                                reset_client_momentum=c.reset_client_momentum, **common)
     return Federation(model, scheme, scenario, *data, **common)
 
 
-__all__ = ["ALGORITHMS", "DEFAULT_FEDAVG_LOCAL_STEPS", "ADDED_DEFAULTS", "SCHEME_SUMMARY", "aggregator_names",
-           "pre_aggregator_names", "scheme_params",
+__all__ = ["ALGORITHMS", "DEFAULT_FEDAVG_LOCAL_STEPS", "SCHEME_SUMMARY", "aggregator_names",
+           "pre_aggregator_names", "SCHEME_SHORTHANDS", "scheme_params",
            "uses_fedavg", "scheme_steps", "runs_attacked", "resolve_local_steps", "check_statistics_target",
            "dry_build", "build_federation"]

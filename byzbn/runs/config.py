@@ -21,19 +21,23 @@ from typing import Optional
 
 import torch
 
-from byzbn.runs.build import (ADDED_DEFAULTS, check_statistics_target, dry_build, pre_aggregator_names,
-                              resolve_local_steps, runs_attacked, scheme_params, scheme_steps)
-from byzbn.runs.errors import ArgumentError, check, flag_errors
+from byzbn.runs.build import (check_statistics_target, dry_build, pre_aggregator_names, resolve_local_steps,
+                              runs_attacked, scheme_params, scheme_steps)
+from byzbn.runs.dry_call import dry_call
+from byzbn.runs.errors import ArgumentError, check, flag_errors, one_line
+from byzbn.runs.limits import check_integer_bounds, check_memory, read_json_argument
+from byzbn.runs.paths import check_writable_dir
+from byzbn.runs.run_config import NOT_COMPARED_ON_RESUME, RunConfig
 
-# Arguments that do not change what a run computes: --resume may change them.
-NOT_COMPARED_ON_RESUME = ("out", "resume", "quiet")
+# The (scheme, its parameters, model, width, data shape) combinations dry_build accepted in this process.
+_DRY_BUILT: set = set()
 
 
 @dataclass
 class Plan:
     """Everything validated and loaded before --out is touched."""
 
-    config: dict
+    config: RunConfig
     out: Path
     dataset: object
     client_indices: torch.Tensor
@@ -46,7 +50,6 @@ class Plan:
     quiet: bool = False
     resume: bool = False
     unattacked: dict = field(default_factory=dict)  # scheme -> why it has no attack scenarios (sweeps only)
-    finished: dict = field(default_factory=dict)
 
 
 def csv_items(text: str) -> list[str]:
@@ -105,18 +108,24 @@ def parse_attack_params(items: list[str], flag: str = "--attack-param") -> dict:
 
 def parse_pre_params(items: list[str], pre: list[str]) -> dict:
     """--pre-param NAME.K=V items as {NAME: {K: V}}; NAME must be one of the pre-aggregators in --pre."""
+    return parse_named_params(items, pre, "--pre-param", "--pre", "a pre-aggregator")
+
+
+def parse_named_params(items: list[str], names: list[str], flag: str, of: str, what: str) -> dict:
+    """NAME.K=V items as {NAME: {K: V}}; NAME must be one of `names` (the values of option `of`)."""
     params: dict = {}
     for item in items:
         name, dot, rest = item.partition(".")
         name = name.strip()
         check(bool(dot) and bool(name) and "=" in rest,
-              f"--pre-param {item!r} is malformed: expected NAME.K=V with NAME a pre-aggregator of --pre")
-        check(name in pre, f"--pre-param {item!r}: {name!r} is not in --pre ({pre_text(pre)})")
-        params.setdefault(name, {}).update(parse_attack_params([rest], "--pre-param"))
+              f"{flag} {item!r} is malformed: expected NAME.K=V with NAME {what} of {of}")
+        check(name in names, f"{flag} {item!r}: {name!r} is not in {of} ({','.join(names) or 'none'})")
+        params.setdefault(name, {}).update(parse_attack_params([rest], flag))
     return params
 
 
 def _check_ranges(args: argparse.Namespace) -> None:
+    check_integer_bounds(args)
     n, f = args.clients, args.byzantine
     check(n >= 2, f"--clients={n} is out of range: valid >= 2")
     check(0 <= f and 2 * f < n,
@@ -140,20 +149,15 @@ def _device(name: str) -> torch.device:
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def _load_dataset(args: argparse.Namespace, datasets: Optional[dict] = None):
-    """The dataset of --dataset; `datasets` (when given) caches it across the calls of one sweep."""
+def _load_dataset(args: argparse.Namespace):
+    """The dataset of --dataset (load_dataset caches it: a sweep's points load it once)."""
     from byzbn.data import load_dataset
 
-    key = (args.dataset, args.data_root, args.download)
-    if datasets is not None and key in datasets:
-        return datasets[key]
     try:
         with flag_errors(f"--dataset {args.dataset}"):
             dataset = load_dataset(args.dataset, data_root=args.data_root, download=args.download)
     except (OSError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as error:
         raise ArgumentError(f"--dataset {args.dataset}: cannot read it ({type(error).__name__}: {error})") from error
-    if datasets is not None:
-        datasets[key] = dataset
     return dataset
 
 
@@ -164,9 +168,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     return plan
 
 
-def validate_run(args: argparse.Namespace, datasets: Optional[dict] = None,
-                 compared: Optional[list[str]] = None) -> Plan:
-    """Validate every argument but --out and load the data (cached in `datasets` when given); writes nothing.
+def validate_run(args: argparse.Namespace, compared: Optional[list[str]] = None) -> Plan:
+    """Validate every argument but --out and load the data; writes nothing.
 
     The sweep validates every point of its grid this way, and stores the runs itself (byzbn.grid.store).
     `compared`: the schemes of the whole comparison when they are more than --schemes (a sweep's scheme
@@ -203,17 +206,33 @@ def validate_run(args: argparse.Namespace, datasets: Optional[dict] = None,
         defense.check_n(n)
     with flag_errors("--heterogeneity"):
         parse_partition(args.heterogeneity)
-    resolved = {**vars(args), "local_steps": local_steps}
+    out = Path(args.out) if args.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    # A sweep's cell runs one scheme of its scheme axis (`compared`): it keeps that scheme's parameters only.
+    scheme_params_given = parse_named_params(getattr(args, "scheme_param", []), compared or schemes,
+                                             "--scheme-param", "--schemes", "a scheme")
+    scheme_params_given = {s: p for s, p in scheme_params_given.items() if s in schemes}
+    resolved = run_config_of(args, local_steps=local_steps, pre=pre_text(pre), schemes=schemes,
+                             attack_params=params, defense_params=defense_params, pre_params=pre_params,
+                             scheme_params=scheme_params_given, device=str(device), honest=n - f,
+                             samples_per_client=0, out=str(out))
     for s in schemes:
         with flag_errors(f"--schemes {s}"):
             make_scheme(s, scheme_steps(s, resolved), **scheme_params(s, resolved))
     with flag_errors("--target"):
         check_statistics_target(compared or schemes, attack is not None, args.target)
+    dry_call(attack, defense, n, f, TARGETS[args.target], f"--defense {args.defense} (--pre {pre_text(pre)})",
+             f"--attack {args.attack}")
 
-    dataset = _load_dataset(args, datasets)
+    dataset = _load_dataset(args)
+    check_memory(args, dataset)  # before any model is built at this --width
     for s in schemes:  # e.g. --groups must divide every layer's channels at this --width
+        built = (s, repr(scheme_params(s, resolved)), scheme_steps(s, resolved), getattr(args, "model", None),
+                 args.width, dataset.input_shape, dataset.num_classes)
+        if built in _DRY_BUILT:  # a sweep's points share their models: each one is built once
+            continue
         with flag_errors(f"--schemes {s} at --width {args.width}"):
             dry_build(s, resolved, dataset)
+        _DRY_BUILT.add(built)
     h = n - f
     # Data-poisoning Byzantine clients (label-flip) hold a share like the honest clients: n shares, the
     # honest clients' first, so every scenario of the run trains the honest clients on the same data.
@@ -234,36 +253,47 @@ def validate_run(args: argparse.Namespace, datasets: Optional[dict] = None,
     scenarios = list(SCENARIOS) if attack is not None else ["no-attack"]
     runs = [(s, sc) for s in schemes for sc in scenarios
             if sc == "no-attack" or (runs_attacked(s, args.target) and s not in unattacked)]
-    config = dict(vars(args))
-    config.update(local_steps=local_steps, pre=pre_text(pre), schemes=schemes, attack_params=params,
-                  device=str(device), honest=h, samples_per_client=int(client_indices.shape[1]),
-                  plugins=list(config.pop("plugin")))
-    config.update(defense_params=defense_params, pre_params=pre_params)
-    for flag_list in ("attack_param", "defense_param", "pre_param"):   # recorded parsed, as *_params
-        config.pop(flag_list)
-    out = Path(args.out) if args.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    config["out"] = str(out)
-    try:  # what config.json will hold (tuples become lists), so that --resume compares like with like
-        config = json.loads(json.dumps(config))
-    except (TypeError, ValueError) as error:
-        raise ArgumentError(f"--attack-param, --defense-param and --pre-param values must be numbers, strings, "
-                            f"booleans or None ({error})") from error
+    config = resolved.with_changes(samples_per_client=int(client_indices.shape[1]))
     return Plan(config, out, dataset, client_indices, device, attack, defense, runs, schemes, scenarios,
                 quiet=args.quiet, resume=args.resume, unattacked=unattacked)
 
 
-def _check_out(out: Path, config: dict, resume: bool) -> None:
+def run_config_of(args: argparse.Namespace, **resolved) -> RunConfig:
+    """The RunConfig of the parsed options, with what the validator resolved (`resolved`: parsed *_param
+    lists as *_params, local_steps, the device, ...) in place of the raw values."""
+    options = dict(vars(args))
+    options["plugins"] = list(options.pop("plugin", []))
+    for flag_list in ("attack_param", "defense_param", "pre_param", "scheme_param"):  # recorded parsed
+        options.pop(flag_list, None)
+    options.update(resolved)
+    try:  # what config.json will hold (tuples become lists), so that --resume compares like with like
+        options = json.loads(json.dumps(options))
+    except (TypeError, ValueError) as error:
+        raise ArgumentError(f"--attack-param, --defense-param, --pre-param and --scheme-param values must be "
+                            f"numbers, strings, booleans or None ({error})") from error
+    try:
+        return RunConfig.from_json(options)
+    except ValueError as error:
+        raise ArgumentError(one_line(error)) from error
+
+
+def _check_out(out: Path, config: RunConfig, resume: bool) -> None:
     if resume:
         saved = out / "config.json"
         check(saved.is_file(), f"--resume: {saved} does not exist (nothing to resume)")
-        old = json.loads(saved.read_text())
-        diff = sorted(k for k in set(old) | set(config) if k not in NOT_COMPARED_ON_RESUME
-                      and old.get(k, ADDED_DEFAULTS.get(k)) != config.get(k))
+        old = read_json_argument(saved, "--resume")
+        try:
+            old = RunConfig.from_json(old)
+        except (ValueError, TypeError, AttributeError) as error:
+            raise ArgumentError(f"--resume: {saved} is not a run configuration ({one_line(error)})") from error
+        diff = config.differences(old)
         check(not diff, f"--resume: arguments differ from {saved} in {diff}")
     else:
         check(not out.exists() or (out.is_dir() and not any(out.iterdir())),
               f"--out {out} already exists: pass --resume to continue it, or choose another directory")
+    check_writable_dir(out, "--out")
 
 
 __all__ = ["Plan", "NOT_COMPARED_ON_RESUME", "csv_items", "parse_schemes", "parse_pre", "default_pre", "pre_text",
-           "parse_attack_params", "parse_pre_params", "plan_from_args", "validate_run"]
+           "parse_attack_params", "parse_pre_params", "parse_named_params", "run_config_of", "plan_from_args",
+           "validate_run"]

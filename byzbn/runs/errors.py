@@ -7,6 +7,7 @@ real error: it propagates with its traceback, and Python exits with status 1, ne
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -43,4 +44,24 @@ def flag_errors(flags: str) -> Iterator[None]:
         raise ArgumentError(message if message.startswith("--") else f"{flags}: {message}") from error
 
 
-__all__ = ["ArgumentError", "check", "one_line", "flag_errors"]
+# How the rules word a refusal of non-finite input ("holds NaN/Inf", "must be finite", "non-finite").
+NON_FINITE = re.compile(r"\bnan\b|\binf\b|finite", re.IGNORECASE)
+
+
+def refuses_non_finite(error: BaseException) -> bool:
+    """Whether `error` is a rule refusing NaN/Inf input: inside a run that marks the run diverged."""
+    return isinstance(error, ValueError) and NON_FINITE.search(str(error)) is not None
+
+
+def breaks_contract(error: BaseException) -> bool:
+    """Whether `error` is an output-contract check failing (an attack, pre-aggregator or rule that "must return"
+    a tensor of some shape returned something else): the fault of the object called, typically a plugin."""
+    return isinstance(error, ValueError) and "must return" in str(error)
+
+
+class RunError(Exception):
+    """A run that cannot go on for a reason its message states in one line (reported so, exit status 1)."""
+
+
+__all__ = ["ArgumentError", "RunError", "check", "one_line", "flag_errors", "NON_FINITE", "refuses_non_finite",
+           "breaks_contract"]

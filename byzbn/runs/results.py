@@ -1,17 +1,21 @@
 """What an attack_eval run writes: metrics.jsonl, summary.json/.csv, curves.png, the table, checkpoints.
 
 Every file is written atomically (a temporary file in the same directory, then os.replace), so a run
-killed at any instant leaves either the previous version or the new one, never a torn file.
+killed at any instant leaves either the previous version or the new one, never a torn file. Files read
+back instead of recomputed (checkpoints, the store's result.json) also carry a checksum, written last
+beside them (FILE.sha256): a file that fails it (edited, truncated, from another disk) is never used.
 metrics.jsonl holds only quantities that are deterministic on CPU for a given seed (no wall-clock
 times: those go to summary.json), so two runs with the same arguments write identical files.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
@@ -43,19 +47,77 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+class CorruptFile(Exception):
+    """A file that fails its checksum or cannot be read; the message is one line naming it."""
+
+
+def checksum_path(path: Path) -> Path:
+    """The checksum written beside `path`."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def write_checked(path: Path, data: bytes) -> None:
+    """Write `data` to path atomically, then its sha256 beside it (last: a file whose checksum matches is whole)."""
+    atomic_write_bytes(path, data)
+    atomic_write_text(checksum_path(path), hashlib.sha256(data).hexdigest() + "\n")
+
+
+def read_checked(path: Path) -> bytes:
+    """The bytes of a file written by `write_checked`; CorruptFile when it or its checksum is unreadable or they
+    disagree (a missing `path` is FileNotFoundError: nothing was written)."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        expected = checksum_path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise CorruptFile(f"{path} has no readable checksum ({checksum_path(path).name}: "
+                          f"{type(error).__name__})") from error
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise CorruptFile(f"{path} fails its checksum (edited or truncated)")
+    return data
+
+
+_reported: set[tuple] = set()
+
+
+def report_corrupt(error: BaseException, consequence: str, path: Optional[Path] = None) -> None:
+    """One line on stderr: which file cannot be used, and what happens instead (once per version of `path`)."""
+    line = f"warning: {' '.join(str(error).split())}; {consequence}"
+    try:
+        version = (line, os.stat(path).st_mtime_ns, os.stat(path).st_size) if path is not None else None
+    except OSError:
+        version = None
+    if version is None or version not in _reported:
+        _reported.add(version)
+        print(line, file=sys.stderr, flush=True)
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save `state` to path atomically."""
+    """torch.save `state` to path atomically, with its checksum."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_checked(path, buffer.getvalue())
 
 
 def load_checkpoint(path: Path) -> Optional[dict]:
-    """The checkpoint at path, or None when there is none yet."""
+    """The checkpoint at path; None when there is none yet, or (with a one-line warning) when it fails its
+    checksum or cannot be loaded: the run then restarts from scratch."""
     path = Path(path)
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(io.BytesIO(read_checked(path)), map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or "finished" not in state:
+            raise CorruptFile(f"{path} is not a checkpoint")
+    except CorruptFile as error:
+        report_corrupt(error, "the run restarts from scratch", path)
+        return None
+    except Exception as error:  # noqa: BLE001 - whatever torch raises on a damaged file: it is not used
+        report_corrupt(CorruptFile(f"{path} cannot be loaded ({type(error).__name__})"),
+                       "the run restarts from scratch", path)
+        return None
+    return state
 
 
 def finite_or_none(value: Optional[float]) -> Optional[float]:
@@ -82,11 +144,11 @@ def entry_line(scheme: str, scenario: str, entry: dict) -> str:
             f"best {100 * entry['best_acc']:5.1f}%  ({entry['wall_s']:.1f} s){mark}")
 
 
-def curves_title(config: dict) -> str:
-    """curves.png's title: the data, the partition, n, f, the attack and its channel, the defense."""
+def curves_title(config) -> str:
+    """curves.png's title (of a RunConfig): the data, the partition, n, f, the attack and its channel, the defense."""
     c = config
-    return (f"{c['dataset']}, {c['heterogeneity']}, n={c['clients']}, f={c['byzantine']}, attack={c['attack']} "
-            f"on {c['target']}, defense={defense_label(c['pre'], c['defense'])}")
+    return (f"{c.dataset}, {c.heterogeneity}, n={c.clients}, f={c.byzantine}, attack={c.attack} "
+            f"on {c.target}, defense={defense_label(c.pre, c.defense)}")
 
 
 def write_metrics(path: Path, records: Iterable[dict]) -> None:
@@ -172,6 +234,7 @@ def plot_curves(path: Path, records: list[dict], schemes: list[str], scenarios: 
     atomic_write_bytes(path, buffer.getvalue())
 
 
-__all__ = ["SUMMARY_FIELDS", "atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint",
+__all__ = ["SUMMARY_FIELDS", "atomic_write_bytes", "atomic_write_text", "CorruptFile", "checksum_path",
+           "write_checked", "read_checked", "report_corrupt", "save_checkpoint", "load_checkpoint",
            "finite_or_none", "run_key", "defense_label", "entry_line", "curves_title", "write_metrics",
            "write_summary", "format_table", "plot_curves"]

@@ -4,7 +4,7 @@ A scheme is a small object built per run: `make_scheme(name, steps, **params)`. 
 runner asks it what the BN layers do, runs the pass, and hands it what the layers returned:
 
     spec = scheme.bn_pass(t, channel)                   # a BNPass: mode, recording, FedTAN's sync
-    ... one forward/backward of the stacked client batches inside byzbn.nn.bn_pass(layers, spec) ...
+    ... one forward/backward of the stacked client batches inside byzbn.nn.run_bn_pass(layers, spec) ...
     scheme.server_update(layers, bn_stats, channel, t)  # bn_stats: per-layer ClientStats of the h clients
 
 and adds `scheme.exchanges(t, len(layers))` to the run's communication count (client-server round
@@ -25,7 +25,8 @@ step. With one local step, server_round is server_update.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import abc
+from functools import partial
 from typing import Callable, ClassVar, Optional
 
 import torch
@@ -33,46 +34,33 @@ from torch import nn
 
 from byzbn import stats as bnstats
 from byzbn._checks import check_int
-from byzbn._registry import check_parameters, file_class, keyword_parameters
-from byzbn.attacks import AttackContext, attack_stats, poisons_data
+from byzbn._registry import Registry
+from byzbn.aggregation import AggregationState, attack_then_aggregate, detached, honest_aggregate
+from byzbn.attacks import AttackContext, poisons_data
 from byzbn.nn import BNPass, BNStats, FederatedBatchNorm
 
-SCHEMES: dict[str, type["Scheme"]] = {}
-
-
-def register_scheme(name: str):
-    """Class decorator: file a Scheme subclass in SCHEMES under `name` (names are unique)."""
-
-    return lambda cls: file_class(SCHEMES, "scheme", name, cls, Scheme)
-
-
-def scheme_parameters(name: str) -> list[str]:
-    """The keyword parameters (besides steps) that scheme `name` accepts."""
-    if name not in SCHEMES:
-        raise ValueError(f"unknown scheme {name!r}: valid schemes are {sorted(SCHEMES)}")
-    return keyword_parameters(SCHEMES[name], skip=("steps",))
-
-
-def make_scheme(name: str, steps: int, **params) -> "Scheme":
-    """Build scheme `name` for a run of `steps` DSGD steps (FedAvg rounds) with validated keyword parameters."""
-    check_parameters("scheme", name, params, scheme_parameters(name))
-    return SCHEMES[name](steps, **params)
-
-
-@dataclass(frozen=True)
 class StatsChannel:
     """The scenario's statistics channel at one step: n clients, the last f Byzantine.
 
     attack: None (Byzantine clients submit the honest mean, a no-op) or an attack from make_attack;
     fields: which BN field the attack targets ("mean", "var", "both"); aggregator: the server's rule
-    [n, d] -> [d] (the mean, or a defense); context: the attack's view of this step (n, f, the
-    aggregator, a seeded generator, the step, the model and batches).
+    [n, d] -> [d] (the mean, or a defense); context: the attack's view of this step (n, f, a seeded
+    generator, the step, the model and batches); state: what a stateful rule remembers
+    (byzbn.aggregation.AggregationState; `aggregate` advances it, the runner keeps it after the step);
+    generator: the step's generator of a random rule (bucketing); honest: the clients whose data the
+    merged statistics describe, n − f by default (byzbn.stats.robust_merge_stats' `clients`).
     """
 
-    attack: Optional[Callable]
-    fields: str
-    aggregator: Callable[[torch.Tensor], torch.Tensor]
-    context: AttackContext
+    def __init__(self, attack: Optional[Callable], fields: str, aggregator: Callable[[torch.Tensor], torch.Tensor],
+                 context: AttackContext, state: Optional[AggregationState] = None,
+                 generator: Optional[torch.Generator] = None, honest: Optional[int] = None):
+        self.attack, self.fields, self.aggregator, self.context = attack, fields, aggregator, context
+        self.state = AggregationState() if state is None else state
+        self.generator = generator
+        self.honest = context.n - context.f if honest is None else honest
+        # Diagnostics set a list here: every aggregate then appends (aggregate, the same rule's aggregate
+        # without the Byzantine rows' attack), computed without side effects (byzbn.aggregation.honest_aggregate).
+        self.references: Optional[list] = None
 
     @property
     def n(self) -> int:
@@ -82,24 +70,34 @@ class StatsChannel:
     def f(self) -> int:
         return self.context.f
 
-    def quiet(self) -> "StatsChannel":
-        """The same channel with no attack: every Byzantine client sends the no-op."""
-        return replace(self, attack=None)
+    def aggregate(self, rows: bnstats.ClientStats, noop: str = "union", merge: Optional[Callable] = None):
+        """The server's statistics from the clients' rows (byzbn.aggregation.attack_then_aggregate).
 
-    def submit(self, rows: bnstats.ClientStats, noop: str = "union") -> bnstats.ClientStats:
-        """The n-row submission: the h honest rows, then the f Byzantine rows.
-
-        rows: the h honest clients' rows, or all n clients' rows when the Byzantine clients hold data
-        (a data-poisoning attack): under that attack their own rows are what they submit; otherwise they
-        are dropped and the Byzantine clients submit the attack's rows or the no-op. noop: what a
-        Byzantine client sends on a field it leaves alone ("union" for batch statistics that the server
-        merges, "mean" for running statistics that it averages; see attack_stats).
+        rows: the h honest clients' rows, or all n clients' rows when the Byzantine clients hold data:
+        under a data-poisoning attack their own rows are what they submit; otherwise they are dropped
+        and the Byzantine clients submit the attack's rows or the no-op. noop: what a Byzantine client
+        sends on a field it leaves alone ("union" for batch statistics that the server merges, "mean"
+        for running statistics that it averages; see byzbn.attacks.attack_stats). merge(rows,
+        aggregator): what the server computes from the n rows (default: the two-phase robust merge, N
+        counting the `honest` clients' union).
         """
+        own = None
         if rows.n == self.n and self.f:
+            honest = bnstats.ClientStats(rows.mean[: -self.f], rows.var[: -self.f], rows.count[: -self.f])
             if poisons_data(self.attack):
-                return rows
-            rows = bnstats.ClientStats(rows.mean[: -self.f], rows.var[: -self.f], rows.count[: -self.f])
-        return attack_stats(rows, self.attack, self.context, fields=self.fields, noop=noop)
+                own = bnstats.ClientStats(rows.mean[-self.f:], rows.var[-self.f:], rows.count[-self.f:])
+            rows = honest
+        if merge is None:
+            merge = partial(bnstats.robust_merge_stats, clients=self.honest)
+        reference = None
+        if self.references is not None:  # before the real call, which advances the generator
+            reference = honest_aggregate(rows, self.aggregator, self.state, self.generator, self.context, merge=merge,
+                                         fields=self.fields, noop=noop)
+        result, self.state = attack_then_aggregate(rows, self.attack, self.aggregator, self.state, self.generator,
+                                                   self.context, own=own, merge=merge, fields=self.fields, noop=noop)
+        if self.references is not None:
+            self.references.append((detached(result), reference))
+        return result
 
 
 def write_running(layers: list[FederatedBatchNorm], mean: torch.Tensor, var: torch.Tensor) -> None:
@@ -119,8 +117,9 @@ def update_running(layers: list[FederatedBatchNorm], merged: list[bnstats.Global
         layer.running_var.copy_(new_var)
 
 
-class Scheme:
-    """Base class. Subclasses register with @register_scheme and override what differs."""
+class Scheme(abc.ABC):
+    """Base class. Subclasses implement bn_pass and server_round, register with @register_scheme and
+    override what else differs; their capabilities are the ClassVar[bool] attributes below."""
 
     name: ClassVar[str] = ""
     # False for schemes without BN statistics (e.g. GroupNorm): only gradients can then be attacked.
@@ -144,9 +143,9 @@ class Scheme:
         """Whether clients send BN statistics at this step (the channel an attack can target)."""
         return True
 
+    @abc.abstractmethod
     def bn_pass(self, step: int, channel: StatsChannel) -> BNPass:
         """What the BN layers do in the training pass of DSGD step `step` (the runner sets clients/backend)."""
-        raise NotImplementedError
 
     def local_bn_pass(self, round: int, local_step: int, channel: StatsChannel) -> BNPass:
         """FedAvg: what the BN layers do at local step `local_step` of `round` (by default, DSGD's step `round`)."""
@@ -157,10 +156,10 @@ class Scheme:
         """Update the server's statistics from this step's honest per-layer stats; returns the clamp count."""
         return self.server_round(layers, [bn], channel, step)
 
+    @abc.abstractmethod
     def server_round(self, layers: list[FederatedBatchNorm], steps: list[BNStats], channel: StatsChannel,
                      round: int) -> int:
         """FedAvg: update the server's statistics at the end of `round`; returns the clamp count."""
-        raise NotImplementedError
 
     def exchanges(self, step: int, num_bn_layers: int) -> int:
         """Client-server round trips at this step (DSGD: one; statistics ride with the momentums).
@@ -169,8 +168,36 @@ class Scheme:
         return 1
 
     def __repr__(self) -> str:
-        params = "".join(f", {k}={getattr(self, k)!r}" for k in scheme_parameters(self.name))
-        return f"make_scheme({self.name!r}, steps={self.steps}{params})"
+        params = getattr(self, "params", None)
+        if not isinstance(params, dict):  # built directly rather than by make_scheme: what it kept by name
+            params = {k: getattr(self, k) for k in scheme_parameters(self.name) if hasattr(self, k)}
+        args = "".join(f", {k}={v!r}" for k, v in params.items())
+        return f"make_scheme({self.name!r}, steps={self.steps}{args})"
+
+
+SCHEMES = Registry("scheme", base=Scheme, context=("steps",))
+
+
+def register_scheme(name: str):
+    """Class decorator: file a Scheme subclass in SCHEMES under `name` (unique; bn_pass and server_round
+    implemented, capabilities bools, __init__(self, steps, **params))."""
+    return SCHEMES.register(name)
+
+
+def scheme_parameters(name: str) -> list[str]:
+    """The keyword parameters (besides steps) that scheme `name` accepts."""
+    return SCHEMES.parameters(name)
+
+
+def make_scheme(name: str, steps: int, **params) -> Scheme:
+    """Build scheme `name` for a run of `steps` DSGD steps (FedAvg rounds) with validated keyword parameters.
+
+    The scheme keeps them, defaults filled in, as `scheme.params` (what its repr shows).
+    """
+    full = SCHEMES.check(name, params)
+    scheme = SCHEMES.make(name, steps, **params)
+    scheme.params = full
+    return scheme
 
 
 __all__ = ["SCHEMES", "register_scheme", "scheme_parameters", "make_scheme", "StatsChannel", "write_running",

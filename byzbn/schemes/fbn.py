@@ -13,8 +13,7 @@ def merge_round(layers, steps, channel) -> tuple[list[bnstats.GlobalStats], int]
     submission row holds all layers, so the defense sees the client's whole submission.
     """
     per_layer = [bnstats.merge_steps([bn.clients[k] for bn in steps]) for k in range(len(layers))]
-    rows = channel.submit(bnstats.concat_stats(per_layer))
-    merged = bnstats.robust_merge_stats(rows, channel.aggregator)
+    merged = channel.aggregate(bnstats.concat_stats(per_layer))
     return bnstats.split_stats(merged, [layer.num_features for layer in layers]), merged.clamped
 
 

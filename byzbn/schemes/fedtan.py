@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import torch
-
 from byzbn import stats as bnstats
 from byzbn.nn import BNPass
 from byzbn.schemes.base import Scheme, StatsChannel, register_scheme, update_running
@@ -25,27 +23,13 @@ from byzbn.schemes.base import Scheme, StatsChannel, register_scheme, update_run
 FEDTAN_EXCHANGES_PER_LAYER = 3
 
 
-def differentiable_submission(channel: StatsChannel, honest: bnstats.ClientStats) -> bnstats.ClientStats:
-    """The n-row submission for one layer's honest rows (which may carry gradients).
-
-    As channel.submit, but the no-op rows are computed from `honest` itself (so gradients flow through
-    them) and the attacked fields' Byzantine rows from a detached copy (constants).
-    """
-    quiet = channel.quiet().submit(honest)
-    if channel.attack is None:
-        return quiet
-    with torch.no_grad():
-        attacked = channel.submit(bnstats.ClientStats(honest.mean.detach(), honest.var.detach(), honest.count))
-    h = honest.n
-    fields = {"mean", "var"} if channel.fields == "both" else {channel.fields}
-    mean = torch.cat([honest.mean, attacked.mean[h:]]) if "mean" in fields else quiet.mean
-    var = torch.cat([honest.var, attacked.var[h:]]) if "var" in fields else quiet.var
-    return bnstats.ClientStats(mean, var, quiet.count)
-
-
 def synchronize(channel: StatsChannel, honest: bnstats.ClientStats) -> bnstats.GlobalStats:
-    """One layer's global batch statistics: the attacked submission, robust-merged (DESIGN.md §3)."""
-    return bnstats.robust_merge_stats(differentiable_submission(channel, honest), channel.aggregator)
+    """One layer's global batch statistics: the attacked submission, robust-merged (DESIGN.md §3).
+
+    The channel's one attack-then-aggregate path, whose statistics submission is differentiable in the
+    honest rows (byzbn.aggregation.stats_submission); each layer is one more call of the step.
+    """
+    return channel.aggregate(honest)
 
 
 @register_scheme("fedtan")
@@ -55,7 +39,8 @@ class FedTAN(Scheme):
     The statistics of each layer are aggregated from the clients' rows of that layer (the attack
     applied per layer, the channel's aggregator, two-phase merge) inside the forward, with gradients
     through the aggregate (see the module docstring). The server's running statistics (what eval
-    uses) are updated from the same merged statistics, unbiased with N = n·count as FBN's. Each
+    uses) are updated from the same merged statistics, unbiased with N = (n − f)·count (the honest
+    clients' union) as FBN's. Each
     synchronized step costs 3 exchanges per BN layer plus the gradient exchange. Under FedAvg the
     first local step of each round is synchronized (all clients hold the broadcast model); the later
     local steps normalize with the clients' own batch statistics and are not communicated.
@@ -81,4 +66,4 @@ class FedTAN(Scheme):
         return sum(m.clamped for m in merged)
 
 
-__all__ = ["FEDTAN_EXCHANGES_PER_LAYER", "differentiable_submission", "synchronize", "FedTAN"]
+__all__ = ["FEDTAN_EXCHANGES_PER_LAYER", "synchronize", "FedTAN"]

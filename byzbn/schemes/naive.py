@@ -8,6 +8,11 @@ from byzbn.nn import BNPass
 from byzbn.schemes.base import Scheme, register_scheme, write_running
 
 
+def coordinatewise(rows: bnstats.ClientStats, aggregate) -> tuple[torch.Tensor, torch.Tensor]:
+    """The submitted running means and running variances, each aggregated coordinate-wise."""
+    return aggregate(rows.mean), aggregate(rows.var)
+
+
 @register_scheme("naive")
 class Naive(Scheme):
     """Naive BN: clients normalize with their own batch statistics and submit their running statistics.
@@ -33,8 +38,8 @@ class Naive(Scheme):
             batch_var = torch.cat([bnstats.unbiased(s.var, s.count[:, None]) for s in bn.clients], dim=1)
             running_mean = (1 - momentum) * running_mean + momentum * batch_mean
             running_var = (1 - momentum) * running_var + momentum * batch_var
-        rows = channel.submit(bnstats.ClientStats(running_mean, running_var, steps[0].clients[0].count), noop="mean")
-        mean, var = channel.aggregator(rows.mean), channel.aggregator(rows.var)
+        mean, var = channel.aggregate(bnstats.ClientStats(running_mean, running_var, steps[0].clients[0].count),
+                                      noop="mean", merge=coordinatewise)
         negative = var < 0
         write_running(layers, mean, torch.where(negative, torch.zeros_like(var), var))
         return int(negative.sum())

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from byzbn.grid.claims import fedtan, fixbn, hbn, under_attack
 from byzbn.grid.claims.common import Claim, Section
+from byzbn.grid.report import coverage_text, noise_floor, seeds_text
+from byzbn.grid.worst import chance_of
 
 SECTIONS = {"fixbn": fixbn.section, "fedtan": fedtan.section, "hbn": hbn.section,
             "schemes-under-attack": under_attack.section}
@@ -17,7 +19,12 @@ def section_of(preset: str, rows: list[dict], record: dict) -> Section:
     """The claim section of `preset` computed from its sweep; ValueError for a preset without one."""
     if preset not in SECTIONS:
         raise ValueError(f"no claim section for preset {preset!r}: valid {sorted(SECTIONS)}")
-    return SECTIONS[preset](rows, record)
+    section = SECTIONS[preset](rows, record)
+    section.statistics = f"Numbers: {seeds_text(rows)}, in % of test accuracy; a difference is the mean " \
+                         f"of the per-seed differences (paired) with its own interval. {noise_floor(rows, record)}"
+    if any(r["scenario"] != "no-attack" for r in rows):
+        section.statistics += " " + coverage_text(rows, chance_of(record))
+    return section
 
 
 __all__ = ["SECTIONS", "Claim", "Section", "section_of"]

@@ -3,16 +3,21 @@
 A section is computed from a sweep's results.csv rows (byzbn.grid.table.read_results) and sweep.json
 record, nothing else: `python -m byzbn.claims PRESET OUT` prints it and `--page` writes it into a docs
 page, so no number in docs/RESULTS.md is typed by hand. Verdicts follow fixed rules stated in each
-preset's module (never tuned to the outcome): a claim is reproduced ("yes") when its direction holds in
-every compared cell, "partly" when in more than half of them, and "no" otherwise.
+preset's module (never tuned to the outcome), three-valued per compared cell (byzbn.grid.intervals): a
+cell says yes when the 95 % interval of its paired difference (per seed) lies wholly on the claimed side
+of the claim's margin, no when wholly on the other side, inconclusive otherwise; a claim combines its
+cells by the rule its module states (`combine`: all cells, or most of them). A cell the scale cannot
+test (e.g. too few FedAvg rounds) is left out with the reason, computed from the sweep's configuration.
 """
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from typing import Optional
 
+from byzbn.grid.intervals import INCONCLUSIVE, NO, YES, Interval, combine, mean_interval, paired_difference
+from byzbn.grid.intervals import verdict as interval_verdict
 from byzbn.grid.table import markdown_lines
+from byzbn.grid.worst import diverged
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,7 @@ class Claim:
     paper: str
     byzbn: str
     verdict: str
+    margin: str = "–"  # the rule the verdict applies, fixed in code: e.g. "FixBN − centralized ≥ −2 points"
 
 
 @dataclass
@@ -34,6 +40,7 @@ class Section:
     tables: list[str] = field(default_factory=list)
     figures: dict = field(default_factory=dict)  # file name -> a matplotlib figure, or a file of the sweep to copy
     findings: list[str] = field(default_factory=list)  # sentences computed from the rows
+    statistics: str = ""  # how the numbers were computed and the noise floor (byzbn.grid.claims.section_of)
 
 
 def markdown(head: list[str], body: list[list[str]]) -> str:
@@ -44,35 +51,55 @@ def pct(value: Optional[float], digits: int = 1) -> str:
     return "–" if value is None else f"{100 * value:.{digits}f}"
 
 
-def points(value: Optional[float]) -> str:
-    """A difference of accuracies in percentage points, signed."""
-    return "–" if value is None else f"{100 * value:+.1f}"
-
 
 def select(rows: list[dict], **match) -> list[dict]:
     """The finished rows whose columns equal `match` (values compared as results.csv text or numbers)."""
     return [r for r in rows if r.get("final_acc") is not None and all(str(r[k]) == str(v) for k, v in match.items())]
 
 
-def seed_mean(rows: list[dict], metric: str = "final_acc", **match) -> Optional[float]:
-    """The mean over seeds of `metric` over the rows matching `match` (one value per seed), None if none."""
-    by_seed = {r["seed"]: r[metric] for r in select(rows, **match)}
-    return statistics.fmean(by_seed.values()) if by_seed else None
+def by_seed(rows: list[dict], metric: str = "final_acc", **match) -> dict:
+    """{seed: metric} of the finished, not diverged rows matching `match`."""
+    return {r["seed"]: r[metric] for r in select(rows, **match) if not diverged(r)}
 
 
-def difference(a: Optional[float], b: Optional[float]) -> Optional[float]:
-    """a − b, or None when either is missing."""
-    return None if a is None or b is None else a - b
+
+def paired(rows: list[dict], a: dict, b: dict, metric: str = "final_acc") -> Optional[Interval]:
+    """A − B (the rows matching `a` and `b`) as the mean of per-seed differences with its 95 % interval."""
+    return paired_difference(by_seed(rows, metric, **a), by_seed(rows, metric, **b))
+
+
+def diff_text(value: Optional[Interval]) -> str:
+    """A paired difference in signed percentage points with its interval: '+3.1 ± 2.0'."""
+    return "–" if value is None else value.text(signed=True)
+
+
+def cell_verdicts(differences: list[Optional[Interval]], margin: float) -> list[str]:
+    """Each cell's three-valued verdict on 'difference ≥ margin' (cells without data left out)."""
+    return [interval_verdict(d, margin) for d in differences if d is not None]
+
+
+def tally(verdicts: list[str]) -> str:
+    """'yes in 2, inconclusive in 1 of 3 cells'."""
+    counts = [(v, sum(x == v for x in verdicts)) for v in (YES, NO, INCONCLUSIVE)]
+    return ", ".join(f"{v} in {c}" for v, c in counts if c) + f" of {len(verdicts)} cell{'s' if len(verdicts) != 1 else ''}"
+
+
+def untestable(reasons: list[str]) -> str:
+    """The verdict of a claim whose every cell is out of the scale's reach."""
+    return "not testable at this scale (" + "; ".join(dict.fromkeys(reasons)) + ")"
+
 
 
 def seed_text(rows: list[dict], metric: str = "final_acc", **match) -> str:
-    """'52.3' (one seed) or '52.3 ± 1.1' (mean ± sample std over seeds), in %."""
-    values = list({r["seed"]: r[metric] for r in select(rows, **match)}.values())
-    if not values:
+    """'52.3' (one seed) or '52.3 ± 1.1' (mean ± 95 % interval over seeds), in %; the mean of the finished
+    runs with 'k/K diverged' beside it when some seed diverged."""
+    chosen = {r["seed"]: r for r in select(rows, **match)}
+    if not chosen:
         return "–"
-    if len(values) == 1:
-        return pct(values[0])
-    return f"{pct(statistics.fmean(values))} ± {pct(statistics.stdev(values))}"
+    bad = sum(diverged(r) for r in chosen.values())
+    interval = mean_interval(r[metric] for r in chosen.values() if not diverged(r))
+    text = "–" if interval is None else interval.text()
+    return text + (f" ({bad}/{len(chosen)} diverged)" if bad else "")
 
 
 def values_of(rows: list[dict], column: str) -> list:
@@ -80,19 +107,10 @@ def values_of(rows: list[dict], column: str) -> list:
     return list(dict.fromkeys(str(r[column]) for r in rows))
 
 
-def verdict(holds: list[bool]) -> str:
-    """'yes' if the claimed direction holds in every compared cell, 'partly' in more than half, else 'no'."""
-    if not holds:
-        return "no data"
-    if all(holds):
-        return "yes"
-    return "partly" if sum(holds) > len(holds) / 2 else "no"
-
-
 def count_text(holds: list[bool]) -> str:
     return f"{sum(holds)} of {len(holds)} cells"
 
 
-__all__ = ["Claim", "Section", "markdown", "pct", "points", "select", "seed_mean", "difference",
-           "seed_text", "values_of",
-           "verdict", "count_text"]
+__all__ = ["Claim", "Section", "markdown", "pct", "select", "by_seed", "paired", "diff_text",
+           "cell_verdicts", "tally", "untestable", "combine", "seed_text", "values_of", "count_text",
+           "YES", "NO", "INCONCLUSIVE"]

@@ -1,13 +1,14 @@
 """The claim sections' figure: grouped bars of final accuracy per scheme across a preset's settings."""
 from __future__ import annotations
 
-import statistics
-
 from byzbn.grid.claims.common import select, values_of
+from byzbn.grid.intervals import mean_interval
+from byzbn.grid.worst import diverged
 
 
 def bar_values(rows: list[dict], groups: list[str], match: dict, metric: str = "final_acc") -> dict:
-    """{scheme: [(setting label, mean %, std % or None)]}: what `bars` draws, one entry per setting."""
+    """{scheme: [(setting label, mean %, 95 % interval half-width % or None)]}: what `bars` draws, one entry
+    per setting (diverged runs left out)."""
     rows = select(rows, **match)
     settings = list(dict.fromkeys(tuple(str(r[c]) for c in groups) for r in rows))
     out = {}
@@ -15,10 +16,9 @@ def bar_values(rows: list[dict], groups: list[str], match: dict, metric: str = "
         entries = []
         for setting in settings:
             chosen = select(rows, scheme=scheme, **dict(zip(groups, setting)))
-            values = list({r["seed"]: 100 * r[metric] for r in chosen}.values())
-            if values:
-                std = statistics.stdev(values) if len(values) > 1 else None
-                entries.append((", ".join(f"{c}={v}" for c, v in zip(groups, setting)), statistics.fmean(values), std))
+            interval = mean_interval({r["seed"]: 100 * r[metric] for r in chosen if not diverged(r)}.values())
+            if interval is not None:
+                entries.append((", ".join(f"{c}={v}" for c, v in zip(groups, setting)), interval.mean, interval.half))
         out[scheme] = entries
     return out
 

@@ -9,12 +9,12 @@ preset's markers gets the block appended.
 """
 from __future__ import annotations
 
+import io
 import re
-import shutil
 from pathlib import Path
 
 from byzbn.grid.claims.common import Section, markdown
-from byzbn.runs.results import atomic_write_text
+from byzbn.runs.results import atomic_write_bytes, atomic_write_text
 
 
 def begin_marker(preset: str) -> str:
@@ -42,9 +42,11 @@ def run_text(record: dict) -> str:
 def render(section: Section, record: dict, image_dir: str = "") -> str:
     """The block's markdown; images are linked as `image_dir` + the name `image_names` gives them."""
     parts = [run_text(record)]
+    if section.statistics:
+        parts.append(section.statistics + "\n")
     if section.claims:
-        parts.append(markdown(["claim", "paper", "byzbn", "reproduced?"],
-                              [[c.claim, c.paper, c.byzbn, c.verdict] for c in section.claims]))
+        parts.append(markdown(["claim", "paper", "byzbn", "rule (margin fixed in code)", "reproduced?"],
+                              [[c.claim, c.paper, c.byzbn, c.margin, c.verdict] for c in section.claims]))
     if section.findings:
         parts.append("\n".join(f"- {line}" for line in section.findings) + "\n")
     parts += section.tables
@@ -62,13 +64,16 @@ def save_images(section: Section, sweep_out: Path, folder: Path) -> None:
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
+    # Every image is written whole or not at all (a page never links a half-written figure).
     for (name, figure), target in zip(section.figures.items(), image_names(section)):
         if isinstance(figure, str):
             if (Path(sweep_out) / figure).is_file():
-                shutil.copyfile(Path(sweep_out) / figure, folder / target)
+                atomic_write_bytes(folder / target, (Path(sweep_out) / figure).read_bytes())
         else:
-            figure.savefig(folder / target, dpi=90)
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format=Path(target).suffix.lstrip(".") or "png", dpi=90)
             plt.close(figure)
+            atomic_write_bytes(folder / target, buffer.getvalue())
 
 
 def write_block(page: Path, preset: str, block: str) -> None:

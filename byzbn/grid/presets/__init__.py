@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from importlib import resources
 
+# The attacks every preset answering "worst case over attacks" covers besides the fixed ones: the
+# optimal (boundary-searched) and BN-adaptive attacks and those tuned against robust rules. A stronger
+# attack the catalogue gains belongs here (tests/test_sweep_presets.py checks the presets against it).
+STRONG_ATTACKS = ("optimal-alie", "optimal-foe", "bn-adaptive", "minmax", "minsum", "fang-trimmed")
+WORST_CASE_PRESETS = ("breakdown", "heatmap", "schemes-under-attack")
+
 
 def preset_names() -> list[str]:
     """The presets this installation ships, sorted."""
@@ -21,4 +27,4 @@ def preset_text(name: str) -> str:
     return resources.files(__name__).joinpath(f"{name}.toml").read_text(encoding="utf-8")
 
 
-__all__ = ["preset_names", "preset_text"]
+__all__ = ["STRONG_ATTACKS", "WORST_CASE_PRESETS", "preset_names", "preset_text"]

@@ -1,6 +1,6 @@
 """One training pass of the federated BN layers: what they do (an immutable BNPass) and what they return.
 
-A pass is opened with the `bn_pass(layers, spec)` context manager, like `torch.no_grad`: it hands every
+A pass is opened with the `run_bn_pass(layers, spec)` context manager, like `torch.no_grad`: it hands every
 layer the same frozen `BNPass` and a fresh `PassRecord`, and puts back what the layers had on exit,
 also when the pass raises. Inside it each FederatedBatchNorm normalizes as `spec.mode` says and returns
 its per-client statistics (and, for FedTAN, the merged statistics; for per-client gradients, x̂) into
@@ -99,11 +99,11 @@ class PassRecord:
 
     def add(self, layer: torch.nn.Module, output: LayerOutput) -> None:
         if id(layer) in self._outputs:
-            raise ValueError(f"a {type(layer).__name__} ran twice in one pass: open one bn_pass per forward")
+            raise ValueError(f"a {type(layer).__name__} ran twice in one pass: open one run_bn_pass per forward")
         self._outputs[id(layer)] = output
 
     def outputs(self) -> list[LayerOutput]:
-        """The layers' outputs in the order the layers were given to bn_pass (layers that did not run are left out)."""
+        """The layers' outputs in the order the layers were given to run_bn_pass (layers that did not run are left out)."""
         return [self._outputs[key] for key in sorted(self._outputs, key=self._order.__getitem__)]
 
     def output(self, layer: torch.nn.Module) -> Optional[LayerOutput]:
@@ -120,7 +120,7 @@ class PassRecord:
 
 
 @contextmanager
-def bn_pass(layers: Sequence[torch.nn.Module], spec: BNPass) -> Iterator[PassRecord]:
+def run_bn_pass(layers: Sequence[torch.nn.Module], spec: BNPass) -> Iterator[PassRecord]:
     """Run the enclosed forward with every layer doing `spec`; yields the PassRecord the layers fill.
 
     Restores each layer's previous pass on exit, whatever happens inside (passes nest: the vmap'd
@@ -140,4 +140,4 @@ def bn_pass(layers: Sequence[torch.nn.Module], spec: BNPass) -> Iterator[PassRec
             layer.active_pass = previous
 
 
-__all__ = ["MODES", "STATS_BACKENDS", "BNPass", "LayerOutput", "BNStats", "PassRecord", "bn_pass"]
+__all__ = ["MODES", "STATS_BACKENDS", "BNPass", "LayerOutput", "BNStats", "PassRecord", "run_bn_pass"]
