@@ -178,18 +178,21 @@ def test_bn_buffers_never_pass_through_the_weight_aggregator(tiny_npz):
         records.record_flat(leaked, strategy.model)
 
 
-def test_sampling_keeps_the_byzantine_share_and_draws_from_seed_and_round(tiny_npz):
-    experiment = experiment_from_run_config({"dataset": f"npz:{tiny_npz}", "clients": 10, "byzantine": 2,
+def test_sampling_draws_as_attack_eval_from_seed_and_round_and_the_byzantine_count_varies(tiny_npz):
+    from byzbn.fl.participation import sample_participants
+
+    experiment = experiment_from_run_config({"dataset": f"npz:{tiny_npz}", "clients": 10, "byzantine": 3,
                                              "batch-size": 8, "local-steps": 2, "rounds": 2, "schemes": "fbn",
                                              "fraction-train": 0.5, "quiet": True})
     plan = experiment.plan
+    assert plan.config.participation == 0.5
     strategy = RobustBNStrategy(FlowerRun(plan.config, "fbn", "attack+defense", plan.dataset, plan.client_indices,
                                           plan.attack, plan.defense, nodes={c: c for c in range(10)}, fraction=0.5))
-    assert (strategy.scenario.n, strategy.scenario.f) == (5, 1)   # round(0.5·8) honest + round(0.5·2) Byzantine
-    draws = [strategy.participants(r) for r in range(6)]
-    for clients in draws:
-        assert len(clients) == 5 and all(c < 8 for c in clients[:4]) and clients[4] >= 8
-    assert draws == [strategy.participants(r) for r in range(6)] and len({tuple(d) for d in draws}) > 1
+    draws = [strategy.participants(r) for r in range(8)]
+    assert draws == [list(sample_participants(0, r, 10, 3, 0.5).clients) for r in range(8)]
+    for clients in draws:  # ⌊0.5·10⌋ clients, honest first
+        assert len(clients) == 5 and clients == sorted(clients) and clients[0] < 7
+    assert len({sum(c >= 7 for c in clients) for clients in draws}) > 1   # the Byzantine count varies
 
 
 # ---------------------------------------------------------------------------------------------------- client

@@ -79,6 +79,11 @@ def run_options() -> list[Option]:
         Option("--reset-client-momentum", FEDERATION, dict(
             action="store_true", help="fedavg: zero every client's momentum at the start of each round (default: "
                                       "kept across rounds, FixBN's finding)")),
+        Option("--participation", FEDERATION, dict(
+            type=float, default=1.0, metavar="P",
+            help="fraction of the n clients sampled each DSGD step / FedAvg round, max(1, floor(P n)) of them, from "
+                 "the step's seeded generator; the Byzantine clients are sampled like the others, so a step's "
+                 "Byzantine count varies (the centralized reference always trains on every share)")),
         Option("--attack", ATTACK, dict(
             default="sign-flip", choices=sorted(ATTACKS) + ["none"],
             help="what the Byzantine clients submit; 'none' runs only the no-attack scenario")),
@@ -99,6 +104,11 @@ def run_options() -> list[Option]:
         Option("--defense-param", ATTACK, dict(
             action="append", default=[], metavar="K=V",
             help="parameter of --defense (repeatable), e.g. --defense-param T=8 for geomed; V is a Python literal")),
+        Option("--defense-f", ATTACK, dict(
+            default="run", choices=["run", "sampled"],
+            help="with --participation < 1, the f the defense of a step is built for: the run's --byzantine (run) "
+                 "or the step's sampled Byzantine count (sampled: a server that knows it); either capped at what "
+                 "the rule accepts on the sampled rows")),
         Option("--pre", ATTACK, dict(
             default=None, metavar="PRE[,PRE...]",
             help=f"comma-separated pre-aggregators applied in order before --defense, from {pre_aggregator_names()}, "

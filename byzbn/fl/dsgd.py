@@ -7,7 +7,8 @@ The h = n − f honest clients hold the data (one equal-size partition each). Ev
 2. the scheme says what the BN layers do (`scheme.bn_pass`); the h batches are stacked into
    [h·B, C, H, W] and go through ONE forward/backward (byzbn.fl.passes), every FederatedBatchNorm
    returning per-client statistics;
-3. gradient channel: clients keep momentums m_i ← β·m_i + (1 − β)·g_i and the server steps
+3. gradient channel (with partial participation: the step's sampled clients only, see
+   byzbn.fl.federation): clients keep momentums m_i ← β·m_i + (1 − β)·g_i and the server steps
    θ ← θ − lr·aggregate(m_1 … m_n). When the scenario attacks the gradients, the n rows are the h
    honest momentums plus the attack's f rows through the scenario's aggregator (byzbn.fl.aggregation,
    the attack-then-aggregate path every engine shares), so per-client
@@ -46,11 +47,12 @@ class Federation(FederationBase):
 
     def __init__(self, model: nn.Module, scheme: Scheme, scenario: Scenario, x_train: torch.Tensor,
                  y_train: torch.Tensor, client_indices: torch.Tensor, *, batch_size: int, lr: float,
-                 momentum: float = 0.9, seed: int = 0, per_client_grads: str = "auto"):
+                 momentum: float = 0.9, seed: int = 0, per_client_grads: str = "auto", participation: float = 1.0,
+                 defense_f: str = "run"):
         if per_client_grads not in PER_CLIENT_GRADS:
             raise ValueError(f"per_client_grads must be one of {list(PER_CLIENT_GRADS)}, got {per_client_grads!r}")
         super().__init__(model, scheme, scenario, x_train, y_train, client_indices, batch_size=batch_size, lr=lr,
-                         momentum=momentum, seed=seed)
+                         momentum=momentum, seed=seed, participation=participation, defense_f=defense_f)
         if per_client_grads == "auto":
             per_client_grads = "vmap" if self.params[0].is_cuda else "loop"
         self.per_client_grads = per_client_grads
@@ -66,14 +68,16 @@ class Federation(FederationBase):
             raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
         t = self.step_count
         self.start_step()
+        self.take_part(t)   # partial participation: this step's clients and scenario
         x, y = self.client_batch(t)
         channel = self.stats_channel(t, (x, y))
         spec = self.scheme.bn_pass(t, channel)
+        clients = len(self.active)
         run_pass = choose_pass(engine, self.per_client, self.per_client_grads, self.scheme.couples_clients,
-                               self.scheme.sync_layers, self.clients)
+                               self.scheme.sync_layers, clients)
         self.model.train()
         with seeds.seeded_torch_rng(seeds.step_seed(self.seed, t, seeds.DROPOUT_STREAM), x.device):
-            result = run_pass(self.model, x, y, spec, self.clients, honest=self.h)
+            result = run_pass(self.model, x, y, spec, clients, honest=self.step_h)
         with torch.no_grad():
             self._gradient_step(result, t, (x, y))
             if self.layers and self.scheme.submits_stats(t):
@@ -85,9 +89,12 @@ class Federation(FederationBase):
         return float(result.loss)
 
     def _gradient_step(self, result: PassResult, step: int, batches) -> None:
-        if self.per_client:
-            self.momentum.mul_(self.beta).add_(result.client_grads, alpha=1 - self.beta)
-            update = self._unflatten(self.aggregate_updates(step, self.momentum, batches))
+        if self.per_client:  # the active clients' momentums (every client's, in place, without sampling)
+            rows = self.momentum[self.active_rows]
+            rows.mul_(self.beta).add_(result.client_grads, alpha=1 - self.beta)
+            if self.samples:
+                self.momentum[self.active_rows] = rows
+            update = self._unflatten(self.aggregate_updates(step, rows, batches))
         else:
             grads = result.mean_grads
             if grads is None:  # the loop engine: the mean of the honest per-client gradients

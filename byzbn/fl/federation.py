@@ -5,6 +5,13 @@ scenario, the clients' data and the server's aggregation state of both channels;
 (byzbn.fl.dsgd.Federation, byzbn.fl.fedavg.FedAvgFederation) add their momentums and their own
 `step`. The h = n − f honest clients hold the data (one share each); under a data-poisoning attack the
 f Byzantine clients hold data too (the last f shares).
+
+With partial participation (participation < 1, byzbn.fl.participation) every step (FedAvg: round)
+first samples its participants (`take_part`): the step's scenario (`step_scenario`) has n = the sampled
+count, f = the sampled Byzantine count and the defense of `step_defense`, and only the sampled clients
+that hold data (`active`, honest first) draw batches and train; the clients keep per-client momentums
+and those not sampled keep theirs untouched. At participation 1 every client takes part and nothing is
+drawn. The centralized reference has no clients to sample: it always trains on every share.
 """
 from __future__ import annotations
 
@@ -20,6 +27,8 @@ from byzbn.attacks import AttackContext, poisons_data
 from byzbn.fl import seeds
 from byzbn.fl.aggregation import CHANNELS, aggregate_updates, honest_update, stats_channel
 from byzbn.fl.client import client_batch_indices
+from byzbn.fl.participation import Participants, check_defense_f, check_participation, sample_participants, \
+    step_scenario
 from byzbn.fl.evaluation import evaluate_model, non_finite_state
 from byzbn.fl.scenario import Scenario, incompatibility
 from byzbn.nn import BNStats, federated_bn_layers
@@ -51,7 +60,7 @@ class FederationBase:
 
     def __init__(self, model: nn.Module, scheme: Scheme, scenario: Scenario, x_train: torch.Tensor,
                  y_train: torch.Tensor, client_indices: torch.Tensor, *, batch_size: int, lr: float,
-                 momentum: float = 0.9, seed: int = 0):
+                 momentum: float = 0.9, seed: int = 0, participation: float = 1.0, defense_f: str = "run"):
         h = scenario.n - scenario.f
         self.poisoning = poisons_data(scenario.attack)
         clients = scenario.n if self.poisoning else h
@@ -78,7 +87,12 @@ class FederationBase:
         self.layers = federated_bn_layers(model)
         self.params = list(model.parameters())
         self.num_classes = [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
-        self.per_client = scenario.attacks("grads")   # the gradient channel needs per-client rows
+        self.participation, self.defense_f = check_participation(participation), check_defense_f(defense_f)
+        self.samples = self.participation < 1.0 and scheme.attackable
+        # the gradient channel needs per-client rows; so do momentums of clients that skip steps
+        self.per_client = scenario.attacks("grads") or self.samples
+        self.participants: Optional[Participants] = None
+        self.step_scenario, self.step_h, self.active = scenario, h, list(range(clients))
         self.aggregates = {channel: AggregationState() for channel in CHANNELS}
         self.step_count, self.comm_rounds, self.stats_clamped = 0, 0, 0
         # Diagnostics only: keep a LastStep after every step (the honest-only references cost one more
@@ -87,6 +101,22 @@ class FederationBase:
         self._grads_pair: Optional[tuple] = None
 
     # ---------------------------------------------------------------- what a step sees
+    def take_part(self, step: int) -> None:
+        """Sample the participants of `step` (FedAvg: round) and set what the step sees: `step_scenario`,
+        `step_h` (its honest clients) and `active` (the client indices that hold data and train, honest
+        first). Without sampling, every client and the run's scenario, nothing drawn."""
+        if not self.samples:
+            return
+        part = sample_participants(self.seed, step, self.scenario.n, self.scenario.f, self.participation)
+        self.participants, self.step_h = part, part.h
+        self.step_scenario = step_scenario(self.scenario, part, self.defense_f)
+        self.active = list(part.honest) + (list(part.byzantine) if self.poisoning else [])
+
+    @property
+    def active_rows(self):
+        """The active clients' rows of a per-client tensor: all of them (a view) without sampling."""
+        return self.participants.index()[: len(self.active)] if self.samples else slice(None)
+
     def client_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The stacked batches of the clients at `step`: x [clients·B, C, H, W], y [clients·B] (client-major).
 
@@ -96,18 +126,21 @@ class FederationBase:
         """
         idx = torch.cat([client_batch_indices(self.client_indices[i], self.batch_size,
                                               seeds.generator(self.seed, step, seeds.BATCH_STREAM, i))
-                         for i in range(self.clients)]).to(self.x_train.device)
+                         for i in self.active]).to(self.x_train.device)
         x, y = self.x_train[idx], self.y_train[idx]
         if self.poisoning:
-            honest_rows = self.h * self.batch_size
+            honest_rows = self.step_h * self.batch_size
             y = torch.cat([y[:honest_rows], self.scenario.attack.poison(y[honest_rows:], self.num_classes)])
         return x, y
 
-    def attack_context(self, step: int, channel: str, batches: tuple[torch.Tensor, torch.Tensor]) -> AttackContext:
+    def attack_context(self, step: int, channel: str, batches: tuple[torch.Tensor, torch.Tensor],
+                       scenario: Optional[Scenario] = None) -> AttackContext:
         """The attack's view of `channel` at `step`: n, f, the channel's rule, a seeded generator, the model and
-        the honest batches (the rule is bound to the step when the channel aggregates)."""
-        rows = self.h * self.batch_size
-        return AttackContext(self.scenario.n, self.scenario.f, defense=self.scenario.channel_aggregator(channel),
+        the honest batches (the rule is bound to the step when the channel aggregates). scenario: the step's
+        (default) or another, e.g. the run's for a pass over every honest client."""
+        scenario = self.step_scenario if scenario is None else scenario
+        rows = (scenario.n - scenario.f) * self.batch_size
+        return AttackContext(scenario.n, scenario.f, defense=scenario.channel_aggregator(channel),
                              generator=seeds.generator(self.seed, step, seeds.ATTACK_STREAMS[channel]), step=step,
                              channel=channel, model=self.model, batches=(batches[0][:rows], batches[1][:rows]))
 
@@ -117,21 +150,23 @@ class FederationBase:
 
     def stats_channel(self, step: int, batches: tuple[torch.Tensor, torch.Tensor]) -> StatsChannel:
         """The step's statistics channel (the runner keeps its state after the server update)."""
-        channel = stats_channel(self.scenario, self.aggregates["stats"], self.attack_context(step, "stats", batches),
+        channel = stats_channel(self.step_scenario, self.aggregates["stats"], self.attack_context(step, "stats", batches),
                                 seed=self.seed)
         if self.keep_last_step:
             channel.references = []
         return channel
 
     def aggregate_updates(self, step: int, rows: torch.Tensor, batches) -> torch.Tensor:
-        """The server's aggregate [d] of the gradient channel from the clients' rows [clients, d] (honest first)."""
-        own = rows[self.h:] if self.poisoning else None
+        """The server's aggregate [d] of the gradient channel from the active clients' rows [active, d] (honest
+        first)."""
+        h, scenario = self.step_h, self.step_scenario
+        own = rows[h:] if self.poisoning else None
         context = self.attack_context(step, "grads", batches)
         reference = None
         if self.keep_last_step:
-            reference = honest_update(self.scenario, self.aggregates["grads"], rows[: self.h], context, seed=self.seed)
+            reference = honest_update(scenario, self.aggregates["grads"], rows[:h], context, seed=self.seed)
         aggregate, self.aggregates["grads"] = aggregate_updates(
-            self.scenario, self.aggregates["grads"], rows[: self.h], context, seed=self.seed, own=own)
+            scenario, self.aggregates["grads"], rows[:h], context, seed=self.seed, own=own)
         if self.keep_last_step:
             self._grads_pair = (aggregate.detach().clone(), reference)
         return aggregate
@@ -141,7 +176,7 @@ class FederationBase:
         every client (None where nothing was recorded); the honest rows are kept."""
         if not self.keep_last_step:
             return
-        h = self.h
+        h = self.step_h
         honest = tuple(BNStats([ClientStats(s.mean[:h], s.var[:h], s.count[:h]) for s in bn.clients], bn.merged)
                        for bn in recorded if bn is not None)
         self.last_step = LastStep(step, honest, tuple(channel.references or ()), self._grads_pair, channel)

@@ -21,7 +21,7 @@ knows it), in both cases capped at what the rule accepts on the k sampled rows (
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -143,5 +143,14 @@ def step_defense(defense: Defense, participants: Participants, run_f: int, mode:
     return defense_for(defense, largest_fitting_f(defense, defense_f(participants, run_f, mode), participants.n))
 
 
+def step_scenario(scenario, participants: Participants, mode: str):
+    """The scenario (byzbn.fl.scenario.Scenario) of a step with these participants: n and f the sampled
+    counts, the defense of `step_defense`, the mean built for the sampled f; the attack and targets as
+    the run's. The aggregation helpers (byzbn.fl.aggregation) take it as they take the run's."""
+    return replace(scenario, n=participants.n, f=participants.f, mean=defense_for(scenario.mean, participants.f),
+                   aggregator=step_defense(scenario.aggregator, participants, scenario.f, mode))
+
+
 __all__ = ["DEFENSE_F", "check_participation", "check_defense_f", "sample_size",
-           "Participants", "sample_participants", "defense_f", "defense_for", "largest_fitting_f", "step_defense"]
+           "Participants", "sample_participants", "defense_f", "defense_for", "largest_fitting_f", "step_defense",
+           "step_scenario"]

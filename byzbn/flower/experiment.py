@@ -24,7 +24,7 @@ from byzbn.runs.config import Plan, plan_from_args
 PROG = "python -m byzbn.flower"
 FLOWER = "flower"
 # The Flower engine runs FedAvg on CPU, checkpoints per round and measures no BN diagnostics.
-FIXED = ("--algorithm", "--device", "--checkpoint-every", "--diagnostics")
+FIXED = ("--algorithm", "--device", "--checkpoint-every", "--diagnostics", "--participation")
 BYZANTINE_MODES = ("simulated", "self")
 # Attacks a Byzantine node can run on its own reply: they need no other client's rows (sign-flip and foe
 # of its own row, noise, faults) or none at all (label-flip poisons its labels). Used by byzbn.flower.client.
@@ -73,8 +73,9 @@ def build_parser() -> OneLineParser:
     fl.add_argument("--supernodes", type=int, default=None,
                     help="SuperNodes of the simulation, one per client: the same as --clients")
     fl.add_argument("--fraction-train", type=float, default=1.0,
-                    help="fraction of the clients sampled per round, drawn from (seed, round) with the Byzantine "
-                         "share kept: round(fraction·h) honest and round(fraction·f) Byzantine clients")
+                    help="fraction of the clients sampled per round (attack_eval's --participation): max(1, "
+                         "floor(fraction·n)) clients drawn from (seed, round), the Byzantine ones sampled like the "
+                         "others, so a round's Byzantine count varies (--defense-f says what f the defense is built for)")
     fl.add_argument("--byzantine-mode", default="simulated", choices=list(BYZANTINE_MODES),
                     help="simulated: the server forges the Byzantine clients' rows with --attack (omniscient, "
                          "byzbn's threat model); self: Byzantine nodes hold a data share and transform their own "
@@ -116,6 +117,7 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
               f"--byzantine-mode self: attack {args.attack!r} needs the other clients' rows; a Byzantine node can run "
               f"only {list(SELF_ATTACKS)} on its own reply")
     args.algorithm, args.device, args.resume, args.checkpoint_every = "fedavg", "cpu", False, args.steps
+    args.participation = args.fraction_train   # validated (the sample against the rule) as attack_eval's
     plan = plan_from_args(args)
     for s in plan.schemes:
         scheme = SCHEMES[s]
@@ -124,12 +126,7 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
                                                           if not scheme.attackable else
                                                           "its clients' passes are coupled (every BN layer "
                                                           "synchronizes inside the forward)"))
-    n, f = args.clients, args.byzantine
-    if args.fraction_train < 1.0:
-        sample_h, sample_f = max(1, round(args.fraction_train * (n - f))), round(args.fraction_train * f)
-        check(2 * sample_f < sample_h + sample_f,
-              f"--fraction-train={args.fraction_train} samples {sample_h} honest and {sample_f} Byzantine clients per "
-              "round: the sample needs f < n/2")
+    n = args.clients
     plan.config = plan.config.with_changes(engine="flower")
     return Experiment(plan, rounds=args.steps // plan.config.local_steps, supernodes=n,
                       fraction_train=args.fraction_train, byzantine_mode=args.byzantine_mode,

@@ -26,8 +26,10 @@ Byzantine rows. byzantine_mode "simulated": the designated clients h … n − 1
 strategy forges their rows (under a data-poisoning attack they train and their rows are their own).
 "self": every client trains and replies; the rows are aggregated as they arrive (Byzantine nodes
 transform their own replies, byzbn.flower.client), the server not knowing who is Byzantine.
-Sampling (fraction < 1) keeps the Byzantine share fixed: round(fraction·h) honest and round(fraction·f)
-designated clients per round, drawn from (seed, round), so every round has the same n and f.
+Sampling (fraction < 1, the run's participation) draws max(1, ⌊fraction·n⌋) clients per round as DSGD and
+FedAvg sample theirs (byzbn.fl.participation, from (seed, round)): the designated Byzantine clients are
+sampled like the others, so a round's Byzantine count varies, and the round's scenario has the sampled
+n and f and the defense the run's --defense-f asks for (`step_scenario`).
 """
 from __future__ import annotations
 
@@ -44,11 +46,11 @@ from flwr.supercore import log
 
 from byzbn.aggregation import AggregationState
 from byzbn.attacks import AttackContext, poisons_data
-from byzbn.defenses import make_defense
 from byzbn.fl import seeds
 from byzbn.fl.aggregation import CHANNELS, aggregate_updates, stats_channel
 from byzbn.fl.client import client_batch, flat_parameters, load_flat_parameters
 from byzbn.fl.evaluation import evaluate_model, non_finite_state
+from byzbn.fl.participation import Participants, sample_participants, step_scenario
 from byzbn.fl.passes import concat_rows
 from byzbn.fl.scenario import make_scenario
 from byzbn.flower import records, replies
@@ -59,7 +61,9 @@ from byzbn.runs.build import scheme_params, scheme_steps
 from byzbn.runs.run_config import RunConfig
 from byzbn.schemes import make_scheme
 
-NODE_SAMPLE_STREAM = 1 << 33   # seeds stream of the per-round client sample (far from byzbn.fl.seeds' streams)
+# seeds stream of an earlier per-round client sample (now byzbn.fl.seeds.PARTICIPATION_STREAM's): kept
+# reserved, so that no other draw reuses it
+NODE_SAMPLE_STREAM = 1 << 33
 
 
 @dataclass
@@ -95,14 +99,9 @@ class RobustBNStrategy(Strategy):
         self.scheme = make_scheme(run.scheme, scheme_steps(run.scheme, c), **scheme_params(run.scheme, c))
         n, f = c.clients, c.byzantine
         self.h = n - f
-        self.sample_h, self.sample_f = self._sample_sizes(n, f, run.fraction)
-        defense = run.defense
-        if run.fraction < 1.0:  # the round's f differs from the run's: the same rule and parameters, built for it
-            pre, pre_params = c.pre_names(), c.pre_params
-            defense = make_defense(c.defense, self.sample_f, pre=[(p, pre_params.get(p, {})) for p in pre] or None,
-                                   **c.defense_params)
-        self.scenario = make_scenario(run.scenario, self.sample_h + self.sample_f, self.sample_f, run.attack, defense,
-                                      target=c.target, fields=c.attack_fields)
+        self.run_scenario = make_scenario(run.scenario, n, f, run.attack, run.defense, target=c.target,
+                                          fields=c.attack_fields)
+        self.scenario = self.run_scenario   # the round's (apply_round): the run's at full participation
         torch.manual_seed(c.seed)  # the same initial model as byzbn.runs.build.build_federation's
         self.model = build_model(c.model, run.dataset.input_shape, run.dataset.num_classes, c.width, self.scheme)
         self.layers = federated_bn_layers(self.model)
@@ -125,20 +124,12 @@ class RobustBNStrategy(Strategy):
         self.round_clients: list[int] = []
 
     # ------------------------------------------------------------------ who takes part
-    @staticmethod
-    def _sample_sizes(n: int, f: int, fraction: float) -> tuple[int, int]:
-        if fraction >= 1.0:
-            return n - f, f
-        return max(1, round(fraction * (n - f))), round(fraction * f)
-
     def participants(self, r: int) -> list[int]:
         """The round's client indices, honest first (ascending), then the designated Byzantine ones."""
-        if self.sample_h == self.h and self.sample_f == self.config.byzantine:
+        if self.run.fraction >= 1.0:
             return list(range(self.config.clients))
-        gen = seeds.generator(self.config.seed, r, NODE_SAMPLE_STREAM)
-        honest = sorted(torch.randperm(self.h, generator=gen)[: self.sample_h].tolist())
-        byz = sorted((self.h + torch.randperm(self.config.byzantine, generator=gen)[: self.sample_f]).tolist())
-        return honest + byz
+        c = self.config
+        return list(sample_participants(c.seed, r, c.clients, c.byzantine, self.run.fraction).clients)
 
     # ------------------------------------------------------------------ Flower's Strategy
     def summary(self) -> None:
@@ -216,6 +207,9 @@ class RobustBNStrategy(Strategy):
         """
         honest = [c for c in self.round_clients if c < self.h]
         byzantine = [c for c in self.round_clients if c >= self.h]
+        if self.run.fraction < 1.0:  # the round's n, f and defense
+            self.scenario = step_scenario(self.run_scenario, Participants(tuple(honest), tuple(byzantine)),
+                                          self.config.defense_f)
         checked, rejected = replies.check_round(contents, self.senders(), self.contract(r), self.model, rejected)
         self._report(r, rejected)
         accepted = [c for c in honest if not checked[c].silent]

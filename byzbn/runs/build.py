@@ -132,7 +132,8 @@ def build_federation(config: RunConfig, name: str, scenario_name: str, dataset, 
     torch.manual_seed(c.seed)  # the same initial model for every scheme and scenario
     model = build_model(c.model, dataset.input_shape, dataset.num_classes, c.width, scheme)
     model.to(device)
-    common = dict(batch_size=c.batch_size, lr=c.lr, momentum=c.momentum, seed=c.seed)
+    common = dict(batch_size=c.batch_size, lr=c.lr, momentum=c.momentum, seed=c.seed, participation=c.participation,
+                  defense_f=c.defense_f)
     data = (dataset.x_train.to(device), dataset.y_train.to(device), client_indices)
     if uses_fedavg(name, c):
         return FedAvgFederation(model, scheme, scenario, *data, local_steps=c.local_steps,

@@ -204,6 +204,16 @@ def validate_run(args: argparse.Namespace, compared: Optional[list[str]] = None)
         defense = make_defense(args.defense, f, pre=[(p, pre_params.get(p, {})) for p in pre] or None,
                                **defense_params)
         defense.check_n(n)
+    participation = getattr(args, "participation", 1.0)
+    check(math.isfinite(participation) and 0 < participation <= 1,
+          f"--participation={participation} is out of range: valid (0, 1]")
+    if participation < 1:
+        from byzbn.fl.participation import largest_fitting_f, sample_size
+
+        k = sample_size(n, participation)
+        with flag_errors(f"--participation {participation} samples {k} of --clients={n}: --defense {args.defense} "
+                         f"(--pre {pre_text(pre)})"):
+            largest_fitting_f(defense, f, k)
     with flag_errors("--heterogeneity"):
         parse_partition(args.heterogeneity)
     out = Path(args.out) if args.out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")

@@ -23,6 +23,10 @@
   agg(honest) is the same rule on the honest rows and the no-op rows; the statistics channel
   concatenates every merge of the step: means then variances); null at step 0.
 
+With partial participation (--participation < 1) share, reach and the shadow read the step's sampled
+clients (what the step recorded and merged), while the probe and the gradient deviation use the full
+federation: every honest client's share and the run's rule, as at full participation.
+
 Cost: per evaluation two forward/backward passes of the probe (one forward under FedAvg), per step one
 more aggregation per attacked channel and the shadow's server update. On the default command's size
 (mnist5k, width 0.125, n = 10, f = 2; one CPU thread) an evaluation's diagnostics took ~65 ms of CPU, about
@@ -184,7 +188,7 @@ class RunDiagnostics:
     def _probe_channel(self, step: int) -> StatsChannel:
         """A statistics channel for the probe's scheme pass: no attack, its own generator and a copy of the state."""
         fed = self.fed
-        context = fed.attack_context(step, "stats", self.probe)
+        context = fed.attack_context(step, "stats", self.probe, fed.scenario)   # the probe spans every honest client
         return StatsChannel(None, fed.scenario.fields, fed.scenario.channel_aggregator("stats"), context,
                             fed.aggregates["stats"].next_step(), channel_generator(fed.seed, step, "stats"),
                             honest=fed.h)

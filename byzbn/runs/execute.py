@@ -49,6 +49,8 @@ def run_one(plan: Plan, scheme_name: str, scenario_name: str, done_records: list
                         "test_acc": acc, "test_loss": results.finite_or_none(loss),
                         "train_loss": results.finite_or_none(sum(window) / len(window)) if window else None,
                         "comm_rounds": fed.comm_rounds, "stats_clamped": fed.stats_clamped})
+        if fed.samples and fed.participants is not None:  # partial participation: the last step's sample
+            records[-1].update(participants=fed.participants.n, byzantine_sampled=fed.participants.f)
         if diagnostics is not None:
             records[-1].update(diagnostics.measure())
         window.clear()

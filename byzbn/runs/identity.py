@@ -37,7 +37,7 @@ from byzbn.schemes import DEFAULT_FIXBN_FREEZE, SCHEMES
 # Read by the attack scenarios only.
 ATTACK_KEYS = frozenset({"attack", "attack_params", "target", "attack_fields"})
 # Read by the attack+defense scenario only.
-DEFENSE_KEYS = frozenset({"defense", "pre", "defense_params", "pre_params"})
+DEFENSE_KEYS = frozenset({"defense", "pre", "defense_params", "pre_params", "defense_f"})
 # Where and how a run is stored or shown, never what it computes (a resumed run computes the same).
 NOT_COMPUTED = frozenset({"out", "resume", "quiet", "checkpoint_every", "plugins", "data_root", "download"})
 # What every scenario computes with.
@@ -47,7 +47,7 @@ RUN_KEYS = frozenset({"schemes", "clients", "byzantine", "fixbn_freeze", "groups
                       "model", "participation", "diagnostics"})
 # Options added after the store's first keys: left out of an identity at their default (scheme_params
 # is replaced by the one scheme's entry).
-LATER_KEYS = ("scheme_params", "model", "participation", "diagnostics")
+LATER_KEYS = ("scheme_params", "model", "participation", "diagnostics", "defense_f")
 
 
 # What an attack scenario without Byzantine clients does not read.
@@ -88,6 +88,11 @@ def scheme_unread(config: dict, scheme: str) -> dict:
     # byzbn.runs.build.uses_fedavg on the dict: DSGD's values are what a config without these options ran with
     if not (config.get("algorithm", "dsgd") == "fedavg" and SCHEMES[scheme].attackable):
         unread += ["algorithm", "local_steps", "reset_client_momentum"]
+    # the centralized reference samples no clients; the defense's f mode is read only when clients are sampled
+    if not SCHEMES[scheme].attackable or config.get("participation", 1.0) == 1.0:
+        unread.append("defense_f")
+    if not SCHEMES[scheme].attackable:
+        unread.append("participation")
     defaults = {**added_defaults(), "fixbn_freeze": DEFAULT_FIXBN_FREEZE}
     return {key: defaults[key] for key in unread if key in config}
 
@@ -112,6 +117,7 @@ def run_identity(config: Union[RunConfig, dict], scheme: str, scenario: str) -> 
     if inputs:
         identity["inputs"] = inputs
     identity.update(scheme_unread(config, scheme))
+    identity = {key: value for key, value in identity.items() if key not in LATER_KEYS or value != defaults[key]}
     identity.update(scheme=scheme, scenario=computed_scenario(scenario, config["byzantine"]))
     return dict(sorted(identity.items()))
 

@@ -74,6 +74,7 @@ class RunConfig:
     scheme_params: dict = field(default_factory=dict)    # scheme -> {parameter: value}
     model: str = "cnn"
     participation: float = 1.0
+    defense_f: str = "run"
     diagnostics: bool = False
     # the command's own options (not shared run options), as given
     extras: dict = field(default_factory=dict)
