@@ -252,7 +252,8 @@ def write_docs_page(page: Path, out: Path, rows: list[dict], record: dict, toler
     folder = page.parent / page.stem.lower()
     folder.mkdir(parents=True, exist_ok=True)
     for name in images:
-        shutil.copyfile(Path(out) / name, folder / name)
+        if not (folder / name).exists() or not (folder / name).samefile(Path(out) / name):  # --out may be that folder
+            shutil.copyfile(Path(out) / name, folder / name)
     atomic_write_text(page, report_text(rows, record, tolerance, images, image_dir=f"{folder.name}/"))
 
 
