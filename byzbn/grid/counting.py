@@ -10,13 +10,15 @@ Only the first LISTED runs are described line by line; the others are counted.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from byzbn.grid.planner import identity_of, run_namespace
 from byzbn.grid.spec import SweepSpec, describe
-from byzbn.grid.store import Store, run_key
+from byzbn.grid.store import KEY_CHARS, Store, stored_config
 from byzbn.runs.config import validate_run
 from byzbn.runs.errors import ArgumentError, one_line
 from byzbn.runs.identity import ignored_keys
@@ -50,6 +52,28 @@ class _Base:
     runs: list
     unattacked: list
     identities: dict  # (scheme, scenario) -> identity
+    templates: dict = field(default_factory=dict)  # (scheme, scenario, own keys) -> _KeyTemplate
+
+
+class _KeyTemplate:
+    """run_key of an identity whose `own` values vary, without encoding the rest of it again for every cell:
+    the identity's canonical JSON (byzbn.grid.store.run_key's text) split where those values go."""
+
+    def __init__(self, identity: dict, own: tuple):
+        marks = {k: f"\x00{k}\x00" for k in own}  # a string no identity holds
+        text = json.dumps(stored_config({**identity, **marks}), sort_keys=True, separators=(",", ":"))
+        cuts = sorted((text.index(json.dumps(mark)), k, len(json.dumps(mark))) for k, mark in marks.items())
+        self.keys, self.parts, start = [k for _, k, _ in cuts], [], 0
+        for at, _, width in cuts:
+            self.parts.append(text[start:at])
+            start = at + width
+        self.parts.append(text[start:])
+
+    def key(self, values: dict) -> str:
+        pieces = [self.parts[0]]
+        for k, part in zip(self.keys, self.parts[1:]):
+            pieces += [json.dumps(values[k], sort_keys=True, separators=(",", ":")), part]
+        return hashlib.sha256("".join(pieces).encode("utf-8")).hexdigest()[:KEY_CHARS]
 
 
 def _validated(options: dict, assignment: dict, spec: SweepSpec, threads: int) -> tuple[_Base, set]:
@@ -79,13 +103,14 @@ def count_sweep(spec: SweepSpec, threads: int, store: Store | None = None) -> Sw
     derivable = set(VALUE_ONLY)  # value-only options whose values every identity so far held verbatim
     for assignment, options in _points(spec):
         values = {k: options[k] for k in derivable if k in options}
-        base_key = repr(sorted((k, repr(v)) for k, v in options.items() if k not in values))
+        # the fixed options are the same at every point: the assignment alone tells the bases apart
+        base_key = repr(sorted((k, repr(v)) for k, v in assignment.items() if k not in values))
         base = bases.get(base_key)
         if base is None or any((k, repr(v)) not in checked_values for k, v in values.items()):
             base, verbatim = _validated(options, assignment, spec, threads)
             derivable &= verbatim | (set(VALUE_ONLY) - set(options))
             checked_values.update((k, repr(v)) for k, v in values.items())
-            base_key = repr(sorted((k, repr(v)) for k, v in options.items() if k not in derivable))
+            base_key = repr(sorted((k, repr(v)) for k, v in assignment.items() if k not in derivable))
             bases[base_key] = base
             if len(bases) > BASES_KEPT:
                 bases.popitem(last=False)
@@ -94,13 +119,15 @@ def count_sweep(spec: SweepSpec, threads: int, store: Store | None = None) -> Sw
             count.unattacked[reason] = count.unattacked.get(reason, 0) + 1
         for scheme, scenario in base.runs:
             identity = base.identities[(scheme, scenario)]
-            own = {k: options[k] for k in derivable if k in identity and identity[k] != options[k]}
-            identity = {**identity, **own} if own else identity
-            key = run_key(identity)
+            own = tuple(sorted(k for k in derivable if k in identity))
+            template = base.templates.get((scheme, scenario, own))
+            if template is None:
+                template = base.templates[(scheme, scenario, own)] = _KeyTemplate(identity, own)
+            key = template.key(options)
             count.cells += 1
             if key not in count.runs:
                 if checking:
-                    store.check(key, identity)
+                    store.check(key, {**identity, **{k: options[k] for k in own}})
                 if len(count.listed) < LISTED:
                     unread = ignored_keys(identity["scenario"], options["byzantine"])
                     varying = {k: options[k] for k in spec.axes
