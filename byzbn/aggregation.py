@@ -44,6 +44,7 @@ class AggregationState:
 
     previous: tuple = ()   # call k's aggregate at the last step that aggregated the channel
     current: tuple = ()    # this step's aggregates so far
+    clipped: tuple = ()    # this step's calls' fractions of clipped rows (rules with `last_clipped_fraction`)
 
     def center(self, k: int) -> Optional[torch.Tensor]:
         return self.previous[k] if k < len(self.previous) else None
@@ -143,13 +144,19 @@ def attack_then_aggregate(honest: Rows, attack, defense, state: AggregationState
         return merge(rows, server), state
     remembered: list[torch.Tensor] = []
 
+    clipped: list[float] = []
+
     def aggregate(x: torch.Tensor) -> torch.Tensor:
-        out = server.with_center(state.center(len(state.current) + len(remembered)))(x)
+        rule = server.with_center(state.center(len(state.current) + len(remembered)))
+        out = rule(x)
         remembered.append(out.detach().clone())
+        fraction = getattr(rule, "last_clipped_fraction", None)
+        if fraction is not None:
+            clipped.append(float(fraction))
         return out
 
     result = merge(rows, aggregate)
-    return result, replace(state, current=state.current + tuple(remembered))
+    return result, replace(state, current=state.current + tuple(remembered), clipped=state.clipped + tuple(clipped))
 
 
 def honest_aggregate(honest: Rows, defense, state: AggregationState, generator: Optional[torch.Generator],

@@ -122,6 +122,12 @@ class Defense:
             return self
         return self._with_stages(lambda s: s.with_center(center) if getattr(s, "stateful", False) else s)
 
+    @property
+    def last_clipped_fraction(self):
+        """The rule's `last_clipped_fraction` (centered clipping's diagnostic: the fraction of rows its last
+        call clipped), None for a rule without one or before the first call."""
+        return getattr(self.rule, "last_clipped_fraction", None)
+
     def with_generator(self, generator) -> "Defense":
         """This defense with its random stages drawing from `generator` (a torch.Generator, e.g. the run's
         generator of this step) via their with_generator; self itself when no stage is random."""

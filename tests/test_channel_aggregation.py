@@ -132,3 +132,38 @@ def test_bucketing_draws_fresh_buckets_every_step_from_the_runs_seed():
     buckets = [bind(defense, AggregationState(), seeds.generator(3, t, seeds.AGGREGATION_STREAMS["grads"]))[0]
                .pre_aggregators[0](x) for t in range(4)]
     assert any(not torch.equal(buckets[0], other) for other in buckets[1:])
+
+
+def test_centered_clipping_reports_the_fraction_of_rows_each_call_clipped():
+    from byzbn.defenses.iterative_rules import clipped_fraction
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(N, 7, generator=gen)
+    x[0] *= 100.0                                            # one row far from the others
+    for defense in (_centered_clipping(), make_defense("centered-clipping", F_BYZ, pre="nnm", tau=0.05)):
+        _, state = _aggregate(defense, AggregationState(), x, gen)
+        rows = defense.pre_aggregators[0](x) if defense.pre_aggregators else x
+        assert state.clipped == (float(clipped_fraction(rows, None, 1, 0.05)),)
+        assert state.next_step().clipped == ()              # a new step starts with no calls
+    wide = make_defense("centered-clipping", F_BYZ, tau=1e6)  # a radius nothing reaches: nothing clipped
+    assert _aggregate(wide, AggregationState(), x, gen)[1].clipped == (0.0,)
+    assert _aggregate(make_defense("median", F_BYZ), AggregationState(), x, gen)[1].clipped == ()
+
+
+def test_a_run_averages_the_clipped_fractions_of_every_call_and_keeps_them_in_its_checkpoint():
+    fed = _federation(_centered_clipping())
+    fed.step()
+    per_call = fed.aggregates["grads"].clipped + fed.aggregates["stats"].clipped
+    assert len(per_call) == 3                               # gradients once, FBN's statistics twice
+    assert fed.clipped_fraction == pytest.approx(sum(per_call) / 3)
+    fed.step()
+    assert 0.0 < fed.clipped_fraction <= 1.0
+    resumed = _federation(_centered_clipping())
+    resumed.load_state_dict(copy.deepcopy(fed.state_dict()))
+    assert resumed.clipped_fraction == pytest.approx(fed.clipped_fraction)
+    fed.step()
+    resumed.step()
+    assert resumed.clipped_fraction == pytest.approx(fed.clipped_fraction)
+    median = _federation(make_defense("median", F_BYZ))
+    median.step()
+    assert median.clipped_fraction is None

@@ -95,6 +95,9 @@ class FederationBase:
         self.step_scenario, self.step_h, self.active = scenario, h, list(range(clients))
         self.aggregates = {channel: AggregationState() for channel in CHANNELS}
         self.step_count, self.comm_rounds, self.stats_clamped = 0, 0, 0
+        # Diagnostics of clipping rules (centered clipping): the sum and count of the fractions of rows
+        # their calls clipped, over the finished steps.
+        self.clipped_sum, self.clipped_calls = 0.0, 0
         # Diagnostics only: keep a LastStep after every step (the honest-only references cost one more
         # aggregation per channel and step; nothing the run computes changes).
         self.keep_last_step, self.last_step = False, None
@@ -146,7 +149,22 @@ class FederationBase:
 
     def start_step(self) -> None:
         """Every channel's aggregation state as a new step starts from it."""
+        for state in self.aggregates.values():
+            self.clipped_sum += sum(state.clipped)
+            self.clipped_calls += len(state.clipped)
         self.aggregates = {channel: state.next_step() for channel, state in self.aggregates.items()}
+
+    @property
+    def clipped_fraction(self) -> Optional[float]:
+        """The mean fraction of rows a clipping rule (centered clipping) clipped per call, over every call of
+        the run so far; None when no rule of the run reports one."""
+        total, calls = self._clipped_totals()
+        return total / calls if calls else None
+
+    def _clipped_totals(self) -> tuple[float, int]:
+        states = self.aggregates.values()
+        return (self.clipped_sum + sum(sum(state.clipped) for state in states),
+                self.clipped_calls + sum(len(state.clipped) for state in states))
 
     def stats_channel(self, step: int, batches: tuple[torch.Tensor, torch.Tensor]) -> StatsChannel:
         """The step's statistics channel (the runner keeps its state after the server update)."""
@@ -195,6 +213,7 @@ class FederationBase:
         """Everything that evolves during a run (batches, dropout and attack noise are re-derived from the seed)."""
         return {"model": self.model.state_dict(), "momentum": self.momentum, "step": self.step_count,
                 "comm_rounds": self.comm_rounds, "stats_clamped": self.stats_clamped,
+                "clipped": self._clipped_totals(),
                 "aggregates": {channel: state.state_dict() for channel, state in self.aggregates.items()}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -206,6 +225,7 @@ class FederationBase:
                 m.copy_(saved)
         self.step_count, self.comm_rounds = int(state["step"]), int(state["comm_rounds"])
         self.stats_clamped = int(state["stats_clamped"])
+        self.clipped_sum, self.clipped_calls = state.get("clipped", (0.0, 0))
         for channel, previous in state.get("aggregates", {}).items():
             self.aggregates[channel] = AggregationState.from_state_dict(previous)
 

@@ -37,7 +37,7 @@ def seeds_text(rows: list[dict]) -> str:
 
 # results.csv columns that are a cell's outcome, not what it configures.
 _OUTCOME = frozenset({"seed", "run", "run_dir", "wall_s", "steps_done", "final_acc", "best_acc", "status", "comm_rounds",
-                      "stats_clamped", *DIAGNOSTIC_COLUMNS})
+                      "stats_clamped", "clipped_fraction", *DIAGNOSTIC_COLUMNS})
 
 
 def noise_floor(rows: list[dict], record: Optional[dict], metric: str = "final_acc") -> str:

@@ -20,7 +20,9 @@ from byzbn.runs.diagnostics_report import SUMMARY_COLUMNS as DIAGNOSTIC_COLUMNS,
 RESULT_COLUMNS = ("final_acc", "best_acc", "status", "steps_done", "comm_rounds", "stats_clamped", "wall_s")
 RUN_COLUMNS = ("run", "run_dir")
 INTEGER_COLUMNS = frozenset({"clients", "byzantine", "seed", "steps_done", "comm_rounds", "stats_clamped"})
-FLOAT_COLUMNS = frozenset({"final_acc", "best_acc", "wall_s", *DIAGNOSTIC_COLUMNS})
+# A sweep with a clipping rule (centered clipping) adds the mean fraction of rows it clipped per call.
+CLIPPED_COLUMN = "clipped_fraction"
+FLOAT_COLUMNS = frozenset({"final_acc", "best_acc", "wall_s", CLIPPED_COLUMN, *DIAGNOSTIC_COLUMNS})
 
 
 def cell_rows(cells, outcomes: dict, store_path) -> list[dict]:
@@ -28,6 +30,8 @@ def cell_rows(cells, outcomes: dict, store_path) -> list[dict]:
     rows = []
     # A sweep with --diagnostics adds their final and mean values (byzbn.runs.diagnostics_report).
     columns = RESULT_COLUMNS + (DIAGNOSTIC_COLUMNS if any(map(has_diagnostics, outcomes.values())) else ())
+    if any(entry.get(CLIPPED_COLUMN) is not None for entry in outcomes.values()):
+        columns += (CLIPPED_COLUMN,)
     for cell in cells:
         entry: Optional[dict] = outcomes.get(cell.key)
         row = {"scheme": cell.scheme, "scenario": cell.scenario, **cell.columns}

@@ -60,6 +60,7 @@ def run_one(plan: Plan, scheme_name: str, scenario_name: str, done_records: list
         return {"scheme": scheme_name, "scenario": scenario_name, "final_acc": accs[-1], "best_acc": max(accs),
                 "status": status, "steps_done": fed.step_count, "comm_rounds": fed.comm_rounds,
                 "stats_clamped": fed.stats_clamped, "wall_s": round(finished_wall, 3),
+                **({} if fed.clipped_fraction is None else {"clipped_fraction": round(fed.clipped_fraction, 6)}),
                 **(summary_fields(records) if diagnostics is not None else {})}
 
     if not records:
