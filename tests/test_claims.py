@@ -180,7 +180,7 @@ def test_a_wrong_sweep_or_preset_exits_2(tmp_path, capsys):
     assert claims.main(["hbn", str(tmp_path / "s")]) == 2
     assert "not of preset 'hbn'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no claim section"):
-        section_of("fig3", [], {})
+        section_of("no-such-preset", [], {})
 
 
 def test_write_block_appends_once_then_replaces(tmp_path):

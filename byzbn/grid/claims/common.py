@@ -5,9 +5,11 @@ record, nothing else: `python -m byzbn.claims PRESET OUT` prints it and `--page`
 page, so no number in docs/RESULTS.md is typed by hand. Verdicts follow fixed rules stated in each
 preset's module (never tuned to the outcome), three-valued per compared cell (byzbn.grid.intervals): a
 cell says yes when the 95 % interval of its paired difference (per seed) lies wholly on the claimed side
-of the claim's margin, no when wholly on the other side, inconclusive otherwise; a claim combines its
-cells by the rule its module states (`combine`: all cells, or most of them). A cell the scale cannot
-test (e.g. too few FedAvg rounds) is left out with the reason, computed from the sweep's configuration.
+of the claim's margin, no when wholly on the other side, inconclusive otherwise (`at_most` for a claim
+'A − B ≤ m'; `within`, an equivalence '|A − B| ≤ m', says yes when the interval lies inside [−m, +m] and no
+when it lies wholly outside); a claim combines its cells by the rule its module states (`combine`: all
+cells, or most of them). A cell the scale cannot test (e.g. too few FedAvg rounds) is left out with the
+reason, computed from the sweep's configuration.
 """
 from __future__ import annotations
 
@@ -78,6 +80,29 @@ def cell_verdicts(differences: list[Optional[Interval]], margin: float) -> list[
     return [interval_verdict(d, margin) for d in differences if d is not None]
 
 
+def at_most(difference: Optional[Interval], margin: float) -> str:
+    """The three-valued verdict on 'difference ≤ margin': yes when the whole interval lies at or below the
+    margin, no when wholly above it, inconclusive otherwise (and with one seed); 'no data' for None."""
+    if difference is None:
+        return "no data"
+    return interval_verdict(Interval(-difference.mean, difference.half, difference.count, difference.std), -margin)
+
+
+def within(difference: Optional[Interval], margin: float) -> str:
+    """The three-valued verdict on '|difference| ≤ margin' (equivalence): yes when the whole interval lies
+    inside [−margin, +margin], no when it lies wholly outside (above +margin or below −margin),
+    inconclusive otherwise (and with one seed); 'no data' for None."""
+    if difference is None:
+        return "no data"
+    if difference.half is None:
+        return INCONCLUSIVE
+    if -margin <= difference.low and difference.high <= margin:
+        return YES
+    if difference.low > margin or difference.high < -margin:
+        return NO
+    return INCONCLUSIVE
+
+
 def tally(verdicts: list[str]) -> str:
     """'yes in 2, inconclusive in 1 of 3 cells'."""
     counts = [(v, sum(x == v for x in verdicts)) for v in (YES, NO, INCONCLUSIVE)]
@@ -112,5 +137,5 @@ def count_text(holds: list[bool]) -> str:
 
 
 __all__ = ["Claim", "Section", "markdown", "pct", "select", "by_seed", "paired", "diff_text",
-           "cell_verdicts", "tally", "untestable", "combine", "seed_text", "values_of", "count_text",
-           "YES", "NO", "INCONCLUSIVE"]
+           "cell_verdicts", "at_most", "within", "tally", "untestable", "combine", "seed_text", "values_of",
+           "count_text", "YES", "NO", "INCONCLUSIVE"]
