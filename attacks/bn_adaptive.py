@@ -1,4 +1,4 @@
-"""bn-adaptive: an omniscient attack on batch normalization itself (issue 10, point 4).
+"""bn-adaptive: an omniscient attack on batch normalization itself.
 
 Objective. The BN statistics the server broadcasts are what the next model normalizes with: FBN's
 clients train with them (BNPass(mode="global"): every layer normalizes with its running mean and

@@ -9,7 +9,7 @@ import torch
 # The tests' helpers (tests/byzfl_aggregators.py: ByzFL's rules loaded without its package __init__).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-THREADS = 2  # ByzFL's timings in the catalogue issue were taken with 2 threads
+THREADS = 2  # ByzFL's published-here timings (benchmarks/RESULTS.md) were taken with 2 threads
 
 
 @pytest.fixture(scope="module")

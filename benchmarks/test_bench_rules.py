@@ -1,7 +1,7 @@
 """Throughput of the catalogue's selection rules against ByzFL 0.0.11, side by side in one run
 (`pytest --benchmark benchmarks/test_bench_rules.py`).
 
-Issue 10's targets, on CPU with 2 intra-op threads: at n = 32, d = 10^6 float32, byzbn at least 3× faster
+The targets, on CPU with 2 intra-op threads: at n = 32, d = 10^6 float32, byzbn at least 3× faster
 than ByzFL (measured there: Krum 400 ms, MultiKrum 481 ms, CAF 808 ms); MDA and SMEA exact in <= 2 s at
 n = 32, f = 6, d = 10^5 (ByzFL enumerates the C(32, 6) = 906,192 subsets there: about two minutes a call,
 so its provider is skipped at that size and measured at n = 16, f = 3 instead).

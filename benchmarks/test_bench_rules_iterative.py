@@ -1,7 +1,7 @@
 """Throughput of geomed, centered-clipping and meamed (and the bucketing / clipping / arc pre-aggregators)
 against ByzFL 0.0.11, side by side in one run (`pytest --benchmark benchmarks/test_bench_rules_iterative.py`).
 
-Issue 10's target: at n = 32, d = 10^6 float32 on CPU with 2 intra-op threads, byzbn at least 3× faster
+The target: at n = 32, d = 10^6 float32 on CPU with 2 intra-op threads, byzbn at least 3× faster
 than ByzFL (measured there: GeoMed 688 ms, CenteredClipping 173 ms, Meamed 2,773 ms). Providers run
 ByzFL first, so byzbn's entry records `speedup_vs_byzfl`; the byzfl provider is skipped when ByzFL is
 not installed (or cannot be imported). ByzFL's defaults on both sides (geomed ν = 0.1, exactly T = 3 steps:

@@ -1,10 +1,10 @@
-"""The sweep against the naive grid, and the Ray backend's overhead (issue 11's performance section).
+"""The sweep against the naive grid, and the Ray backend's overhead.
 
 Run with `pytest benchmarks/test_bench_sweep.py --benchmark -s`. Both tests time whole commands from the
 outside (wall clock, fresh stores), side by side in one run, and put the numbers in the benchmark's
 extra_info (and print them):
 
-- test_sweep_vs_naive_grid: the issue's example grid (schemes naive, fbn × attacks sign-flip, alie ×
+- test_sweep_vs_naive_grid: an example grid (schemes naive, fbn × attacks sign-flip, alie ×
   defenses median, trimmed-mean × f ∈ {1, 2}: 48 scenario cells) on mnist5k, 10 DSGD steps, width 0.125.
   (a) `python -m byzbn.sweep` with its planner (28 distinct runs), --jobs 1 and --jobs 2; (b) the naive
   grid as ByzFL's benchmark runs it: every cell trained separately, one fresh process per cell, one or

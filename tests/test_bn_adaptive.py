@@ -2,7 +2,7 @@
 
 Unit tests on a small fixed model (rows, determinism, purity, the gradient against finite differences
 of the evaluation loss, the direction against random ones, the gradient-channel fallback, errors),
-the context's `field` set by attack_stats, runs through byzbn.fl, and the issue's end-to-end check:
+the context's `field` set by attack_stats, runs through byzbn.fl, and an end-to-end check:
 on a tiny fixed FBN run without defense, bn-adaptive lowers the test accuracy more than sign-flip.
 """
 import copy

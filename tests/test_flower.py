@@ -81,7 +81,7 @@ def test_flower_and_byzbn_fedavg_give_the_same_accuracy_round_by_round(flower_ru
     assert sorted(map(key, flower)) == sorted(map(key, byzbn))
     accuracy = {key(r): r["test_acc"] for r in byzbn}
     for r in flower:
-        assert abs(r["test_acc"] - accuracy[key(r)]) <= 0.005  # the bound: 0.5 points
+        assert abs(r["test_acc"] - accuracy[key(r)]) <= 0.005  # within 0.5 points
     # One RNG design in both engines (per-client generators from (seed, step, client)): identical records.
     assert sorted(flower, key=key) == sorted(byzbn, key=key)
     assert len({r["test_acc"] for r in flower}) > 2  # the accuracies moved: the comparison means something

@@ -1,4 +1,4 @@
-"""label-flip (issue 10): data poisoning. The Byzantine clients hold data, train on labels C − 1 − y, and
+"""label-flip: data poisoning. The Byzantine clients hold data, train on labels C − 1 − y, and
 submit what that training genuinely gives: their momentums (FedAvg: updates) on the gradient channel,
 their genuine BN statistics on the statistics channel. Checked against plain-torch references."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""bucketing, clipping and arc (issue 10): float64 references written out here, ByzFL as an extra cross-check
+"""bucketing, clipping and arc: float64 references written out here, ByzFL as an extra cross-check
 when installed, the generator API, non-finite rows, purity, hypothesis bounds and runs through the runner."""
 from __future__ import annotations
 

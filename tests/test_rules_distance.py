@@ -1,4 +1,4 @@
-"""krum, multi-krum, monna and caf (issue 10): float64 references written out here, exact selection on
+"""krum, multi-krum, monna and caf: float64 references written out here, exact selection on
 integer data full of ties, ByzFL as an extra cross-check when installed, non-finite rows, purity,
 permutation invariance, the CUDA (Triton) distance path under the interpreter, and runs through the runner."""
 from __future__ import annotations

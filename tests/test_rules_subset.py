@@ -1,4 +1,4 @@
-"""mda and smea (issue 10): the exact searches equal brute force over all C(n, f) subsets (written out here
+"""mda and smea: the exact searches equal brute force over all C(n, f) subsets (written out here
 in float64), on integer data full of ties and on continuous data; ByzFL's MDA as an extra cross-check when
 installed; non-finite rows, purity, permutation invariance, the f = 0 and 2f = n − 1 edges."""
 from __future__ import annotations

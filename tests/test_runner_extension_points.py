@@ -1,4 +1,4 @@
-"""What is registered is what the runner calls (issue 9): plugin rules, pre-aggregators and attacks in
+"""What is registered is what the runner calls: plugin rules, pre-aggregators and attacks in
 DSGD and FedAvg, on the statistics and the gradient channel; attacks see a per-step context whose
 generator draws fresh, reproducible noise."""
 from __future__ import annotations

@@ -29,12 +29,12 @@ def spec_of(config: dict, name: str = "test"):
     return spec_from_config(config, name, "config.toml", [])
 
 
-ISSUE_EXAMPLE = {"schemes": ["naive", "fbn"], "attack": ["sign-flip", "alie"], "defense": ["median", "trimmed-mean"],
+EXAMPLE_GRID = {"schemes": ["naive", "fbn"], "attack": ["sign-flip", "alie"], "defense": ["median", "trimmed-mean"],
                  "byzantine": [1, 2]}
 
 
-def test_the_issue_example_is_48_cells_and_28_distinct_runs(tiny_npz):
-    plan = plan_sweep(spec_of(tiny_config(tiny_npz, **ISSUE_EXAMPLE)), threads=1)
+def test_the_example_grid_is_48_cells_and_28_distinct_runs(tiny_npz):
+    plan = plan_sweep(spec_of(tiny_config(tiny_npz, **EXAMPLE_GRID)), threads=1)
     assert len(plan.cells) == 48 and len(plan.runs) == 28
     shared = {(run.scheme, run.scenario, run.options["byzantine"]): run.cells for run in plan.runs.values()
               if run.scenario == "no-attack"}
@@ -272,7 +272,7 @@ def test_dry_run_prints_the_plan_and_what_is_done_and_writes_nothing(tiny_npz, t
     assert sweep.main([str(small), "--out", str(tmp_path / "out"), "--jobs", "1", "--quiet"]) == 0
     capsys.readouterr()
     before = sorted(p for p in (tmp_path / "out").rglob("*"))
-    config = tiny_config(tiny_npz, **ISSUE_EXAMPLE)
+    config = tiny_config(tiny_npz, **EXAMPLE_GRID)
     big = tmp_path / "big.toml"
     big.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in config.items()) + "\n")
     assert sweep.main([str(big), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
