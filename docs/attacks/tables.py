@@ -46,6 +46,15 @@ def _value(by_seed: dict, chance: float, as_chance: bool = False):
     return None if not by_seed else value_of(by_seed, 0, chance, as_chance=as_chance)
 
 
+def _cell_text(value) -> str:
+    """The mean of the finished runs ± interval, 'k/K diverged' beside it; every seed diverged: said so."""
+    if value is None:
+        return "–"
+    if value.diverged == value.seeds:
+        return f"diverged ({value.diverged}/{value.seeds})"
+    return value.text()
+
+
 def pivot_tables(rows: list[dict], chance: float) -> list[str]:
     table = cells(rows)
     attacked = [r for r in rows if r["scenario"] != "no-attack"]
@@ -60,14 +69,16 @@ def pivot_tables(rows: list[dict], chance: float) -> list[str]:
                 if not attacks:
                     continue
                 clean = _value(table.get((scheme, "", f, "", NO_ATTACK), {}), chance)
-                lines += ["", f"**{scheme}**, attack on the {'statistics' if target == 'stats' else target + ' channels'}"
-                          f", f = {f} (no attack: {clean.text() if clean else '–'})", ""]
+                if not shown:
+                    continue
+                channel = "the statistics" if target == "stats" else ("both channels" if target == "both" else target)
+                lines += ["", f"**{scheme}**, attack on {channel}, f = {f} (no attack: "
+                          f"{clean.text() if clean else '–'})", ""]
                 body = []
                 for a in attacks:
                     line = [a]
                     for s in shown:
-                        v = _value(table.get((scheme, target, f, a, s), {}), chance)
-                        line.append("–" if v is None else v.text())
+                        line.append(_cell_text(_value(table.get((scheme, target, f, a, s), {}), chance)))
                     body.append(line)
                 lines += markdown_lines(["attack", *shown], body)
     return lines
