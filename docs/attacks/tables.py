@@ -29,15 +29,30 @@ def _ordered(values) -> list:
     return list(dict.fromkeys(values))
 
 
+NO_ATTACK_RUN = "(no attack)"
+
+
+def _poisoning() -> frozenset:
+    from byzbn.attacks import ATTACKS
+    return frozenset(name for name in ATTACKS if getattr(ATTACKS.lookup(name), "poisons_data", False))
+
+
+POISONING = _poisoning()
+
+
 def cells(rows: list[dict]) -> dict:
-    """{(scheme, target, f, attack, server): {seed: (accuracy, diverged)}} (no-attack under attack '')."""
+    """{(scheme, target, f, attack, server): {seed: (accuracy, diverged)}}; a no-attack cell's attack is
+    NO_ATTACK_RUN (NO_ATTACK_RUN + "poisoning" beside a data-poisoning attack)."""
     out: dict = {}
     for r in rows:
         if r.get("final_acc") is None and not diverged(r):
             continue
+        # A no-attack cell is keyed by the target of the attack cells it stands beside: a data-poisoning
+        # attack's no-attack run (its Byzantine clients hold data) differs from the others'.
         attack = "" if r["scenario"] == "no-attack" else r["attack"]
-        target = "" if r["scenario"] == "no-attack" else r["target"]
-        key = (r["scheme"], target, r["byzantine"], attack, defense_of(r))
+        if attack == "" and r.get("run"):
+            attack = NO_ATTACK_RUN + ("poisoning" if r["attack"] in POISONING else "")
+        key = (r["scheme"], r["target"], r["byzantine"], attack, defense_of(r))
         out.setdefault(key, {})[r["seed"]] = outcome(r, "final_acc")
     return out
 
@@ -68,7 +83,9 @@ def pivot_tables(rows: list[dict], chance: float) -> list[str]:
                 shown = [s for s in servers if any((scheme, target, f, a, s) in table for a in attacks)]
                 if not attacks:
                     continue
-                clean = _value(table.get((scheme, "", f, "", NO_ATTACK), {}), chance)
+                poisoning = all(a in POISONING for a in attacks)
+                clean = _value(table.get((scheme, target, f, NO_ATTACK_RUN + ("poisoning" if poisoning else ""),
+                                          NO_ATTACK), {}), chance)
                 if not shown:
                     continue
                 channel = "the statistics" if target == "stats" else ("both channels" if target == "both" else target)
@@ -97,8 +114,10 @@ def clipped_table(rows: list[dict]) -> list[str]:
             values = [r["clipped_fraction"] for r in clipped if (r["attack"], r["scheme"]) == (a, s)]
             line.append("–" if not values else f"{100 * statistics.fmean(values):.0f} %")
         body.append(line)
-    return ["", "**Centered clipping: rows clipped** (mean over the run's calls and the seeds; both statistics "
-            "fields and the gradients, each call counted once)", "", *markdown_lines(["attack", *schemes], body)]
+    return ["", "**Centered clipping: rows clipped** (the fraction of the rows it clipped per call, averaged over "
+            "the run's calls — one per step for each channel it defends, two on the statistics: means, then "
+            "variances — and over the seeds; rows holding NaN/Inf are not counted)", "",
+            *markdown_lines(["attack", *schemes], body)]
 
 
 def versus_table(rows: list[dict], chance: float, reference: str) -> list[str]:
@@ -109,7 +128,8 @@ def versus_table(rows: list[dict], chance: float, reference: str) -> list[str]:
     for scheme, target, f, server in groups:
         ref = _value(table[(scheme, target, f, reference, server)], chance, as_chance=True)
         others = {k[3]: _value(v, chance, as_chance=True) for k, v in table.items()
-                  if k[3] not in (reference, "") and (k[0], k[1], k[2], k[4]) == (scheme, target, f, server)}
+                  if k[3] != reference and not k[3].startswith(NO_ATTACK_RUN)
+                  and (k[0], k[1], k[2], k[4]) == (scheme, target, f, server)}
         if not others:
             continue
         name, low = min(others.items(), key=lambda item: (item[1].mean, item[0]))
