@@ -20,6 +20,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from byzbn.attacks import ATTACKS
+from byzbn.grid.claims.page import replace_marked
 from byzbn.grid.intervals import paired_difference
 from byzbn.grid.table import markdown_lines, read_results
 from byzbn.grid.worst import NO_ATTACK, NO_DEFENSE, chance_of, defense_of, diverged, outcome, value_of
@@ -30,14 +32,7 @@ def _ordered(values) -> list:
 
 
 NO_ATTACK_RUN = "(no attack)"
-
-
-def _poisoning() -> frozenset:
-    from byzbn.attacks import ATTACKS
-    return frozenset(name for name in ATTACKS if getattr(ATTACKS.lookup(name), "poisons_data", False))
-
-
-POISONING = _poisoning()
+POISONING = frozenset(name for name in ATTACKS if ATTACKS.lookup(name).poisons_data)
 
 
 def cells(rows: list[dict]) -> dict:
@@ -170,13 +165,9 @@ def main(argv=None) -> int:
     if args.page is None:
         print(text)
         return 0
-    page = args.page.read_text(encoding="utf-8")
-    begin, end = f"<!-- {args.block}: generated", f"<!-- end {args.block} -->"
-    if begin not in page or end not in page:
+    if not replace_marked(args.page, f"<!-- {args.block}: generated", f"<!-- end {args.block} -->", text):
         print(f"{args.page}: no {args.block} markers", file=sys.stderr)
         return 2
-    head, rest = page.split(begin, 1)
-    args.page.write_text(head + text + rest.split(end, 1)[1], encoding="utf-8")
     return 0
 
 

@@ -16,6 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from byzbn.grid.claims.page import replace_marked
 from byzbn.grid.intervals import mean_interval, paired_difference
 from byzbn.grid.table import markdown_lines, read_results
 
@@ -142,12 +143,9 @@ def main(argv=None) -> int:
     if args.page is None:
         print(text)
         return 0
-    page = args.page.read_text(encoding="utf-8")
-    if BEGIN not in page or END not in page:
+    if not replace_marked(args.page, BEGIN, END, text):
         print(f"{args.page}: no fidelity-tables markers", file=sys.stderr)
         return 2
-    head, rest = page.split(BEGIN, 1)
-    args.page.write_text(head + text + rest.split(END, 1)[1], encoding="utf-8")
     return 0
 
 

@@ -10,7 +10,6 @@ preset's markers gets the block appended.
 from __future__ import annotations
 
 import io
-import re
 from pathlib import Path
 
 from byzbn.grid.claims.common import Section, markdown
@@ -76,18 +75,28 @@ def save_images(section: Section, sweep_out: Path, folder: Path) -> None:
             atomic_write_bytes(folder / target, buffer.getvalue())
 
 
+def replace_marked(page: Path, begin: str, end: str, block: str) -> bool:
+    """Replace `page`'s text from the first `begin` through the next `end` (both markers included) by
+    `block`, atomically; False, and the page unchanged, when it lacks either marker."""
+    page = Path(page)
+    text = page.read_text(encoding="utf-8") if page.is_file() else ""
+    start = text.find(begin)
+    stop = text.find(end, start) if start >= 0 else -1
+    if stop < 0:
+        return False
+    atomic_write_text(page, text[:start] + block + text[stop + len(end):])
+    return True
+
+
 def write_block(page: Path, preset: str, block: str) -> None:
     """Replace the preset's block in `page` (append it when the page has none)."""
     page = Path(page)
-    text = page.read_text(encoding="utf-8") if page.is_file() else ""
     begin, end = begin_marker(preset), end_marker(preset)
     new = f"{begin}\n\n{block.rstrip()}\n\n{end}"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: new, text, count=1)
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + new + "\n"
-    atomic_write_text(page, text)
+    if not replace_marked(page, begin, end, new):
+        text = page.read_text(encoding="utf-8") if page.is_file() else ""
+        atomic_write_text(page, text.rstrip("\n") + ("\n\n" if text else "") + new + "\n")
 
 
-__all__ = ["begin_marker", "end_marker", "run_text", "render", "image_names", "save_images", "write_block"]
+__all__ = ["begin_marker", "end_marker", "run_text", "render", "image_names", "save_images", "replace_marked",
+           "write_block"]
